@@ -1,0 +1,45 @@
+# vmr: video-music retrieval experiments. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+NAME ?= quickstart
+ARGS ?=
+
+.PHONY: help install exp test test-full bench lint clean
+
+help: ## Show this help
+	@echo "usage: make <target> [NAME=experiment] [ARGS=\"key=value ...\"]"
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
+		awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install vmr in editable mode (re-runs only when pyproject changes)
+
+exp: install ## Run an experiment: make exp NAME=quickstart ARGS="trainer.max_epochs=5"
+	$(BIN)/vmr train $(NAME) $(ARGS)
+
+test: install ## Fast test suite
+	$(BIN)/python -m pytest -q
+
+test-full: install ## Full test suite, including slow end-to-end and multi-process tests
+	$(BIN)/python -m pytest -q -m "slow or not slow"
+
+bench: install ## Benchmarks: writes bench/results.json and bench/results.md
+	$(BIN)/python -m bench.run
+
+lint: install ## Ruff lint
+	$(BIN)/ruff check .
+
+clean: ## Remove caches and build outputs (keeps .venv, data/ and runs/)
+	rm -rf .pytest_cache .ruff_cache build *.egg-info
+	find . -name __pycache__ -type d -prune -not -path './.venv/*' -exec rm -rf {} +

@@ -1,0 +1,1 @@
+"""Datasets: native on-disk readers, the packed feature store, LightningDataModules, synthesis."""

@@ -1,0 +1,78 @@
+"""A torch Dataset of (video, music) pairs over one split of the feature store.
+
+It implements `__getitems__`, so the DataLoader asks for a whole batch at once and the
+frames are gathered with one fancy index per modality instead of a Python loop per item.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from datamodules.feature_store import StoreSplit
+
+MODALITIES = ("video", "music")
+
+
+def identity_collate(batch: Any) -> Any:
+    """`__getitems__` already returns a collated batch."""
+    return batch
+
+
+class PairDataset(Dataset):
+    def __init__(self, split: StoreSplit):
+        self.split = split
+        self.ids = [r["id"] for r in split.rows]
+        self.music_ids = [r["music_id"] for r in split.rows]
+        # Integer keys let evaluation de-duplicate galleries (a song used by several videos)
+        # and gather ids across processes as tensors.
+        self.video_keys = torch.from_numpy(np.unique(self.ids, return_inverse=True)[1].astype(np.int64))
+        self.music_keys = torch.from_numpy(
+            np.unique(self.music_ids, return_inverse=True)[1].astype(np.int64)
+        )
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        batch = self.__getitems__([i])
+        return {k: v[0] for k, v in batch.items()}
+
+    def __getitems__(self, indices: list[int]) -> dict[str, Any]:
+        idx = np.asarray(indices, dtype=np.int64)
+        batch: dict[str, Any] = {}
+        for m in MODALITIES:
+            frames, mask = self._frames(m, idx)
+            batch[m], batch[f"{m}_mask"] = frames, mask
+        t = torch.from_numpy(idx)
+        batch["index"] = t
+        batch["video_key"] = self.video_keys[t]
+        batch["music_key"] = self.music_keys[t]
+        batch["video_id"] = [self.ids[i] for i in idx]
+        batch["music_id"] = [self.music_ids[i] for i in idx]
+        return batch
+
+    def _frames(self, modality: str, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        spec = self.split.modalities[modality]
+        arr = self.split.arrays[modality]
+        offsets, lengths = self.split.offsets[modality][idx], self.split.lengths[modality][idx]
+        longest = int(lengths.max())
+        if (lengths == longest).all():
+            # Equal lengths (always for vector datasets): one gather of all frames.
+            rows = (offsets[:, None] + np.arange(longest)[None, :]).reshape(-1)
+            x = np.asarray(arr[rows]).reshape(len(idx), longest, -1)
+            mask = np.ones((len(idx), longest), dtype=bool)
+        else:
+            x = np.zeros((len(idx), longest, spec.dim), dtype=arr.dtype)
+            mask = np.zeros((len(idx), longest), dtype=bool)
+            for row, (off, n) in enumerate(zip(offsets, lengths)):
+                x[row, :n] = arr[off : off + n]
+                mask[row, :n] = True
+        x = x.astype(np.float32, copy=False)
+        if spec.dequantize is not None:
+            scale, offset = spec.dequantize
+            x = x * np.float32(scale) + np.float32(offset)
+        return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(mask)

@@ -1,0 +1,73 @@
+"""Write the planted benchmark in the HIMV-200K layout that `datamodules.himv200k` reads.
+
+    <out>/Youtube_ID.txt                one YouTube id per line
+    <out>/splits/{train,val,test}.txt   ids per split (last `test` ids test, `val` before)
+    <out>/features/music/<id>.npy       1140-d float32 (or the authors' <id>.pkl pickles)
+    <out>/features/video/<id>.npy       1024-d float32
+    <out>/truth.tsv, <out>/synth.json   hidden truth and the generator settings
+
+A fraction `missing` of ids gets no feature files, as deleted YouTube videos do in the
+real list. The folder is written atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from datamodules.atomic import atomic_directory
+from datamodules.synthetic.planted import PlantedBenchmark, PlantedSpec
+from datamodules.synthetic.truth import TRUTH_FILE, truth_tsv
+
+CHUNK = 1024
+
+
+def write_himv200k(
+    spec: PlantedSpec,
+    out: str | Path,
+    missing: float = 0.0,
+    music_format: str = "npy",
+    progress: bool = True,
+) -> Path:
+    if spec.music_dim != 1140 or spec.video_dim != 1024:
+        spec = dataclasses.replace(spec, music_dim=1140, video_dim=1024)
+    if music_format not in ("npy", "pkl"):
+        raise ValueError(f"music_format must be 'npy' or 'pkl', got {music_format!r}")
+    bench = PlantedBenchmark(spec)
+    n = spec.pairs
+    drop = np.random.default_rng([spec.seed, 99]).random(n) < missing
+    out = Path(out)
+    with atomic_directory(out) as tmp:
+        (tmp / "splits").mkdir()
+        music_dir, video_dir = tmp / "features" / "music", tmp / "features" / "video"
+        music_dir.mkdir(parents=True)
+        video_dir.mkdir(parents=True)
+        (tmp / "Youtube_ID.txt").write_text("".join(f"{i}\n" for i in bench.ids))
+        for split in ("train", "val", "test"):
+            ids = [bench.ids[i] for i in np.flatnonzero(bench.split == split)]
+            (tmp / "splits" / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
+        bar = tqdm(total=n, desc=f"synth himv200k -> {out}", unit="pair", disable=not progress)
+        for start in range(0, n, CHUNK):
+            idx = np.arange(start, min(n, start + CHUNK))
+            music, video = bench.music_vectors(idx), bench.video_vectors(idx)
+            for row, i in enumerate(idx):
+                if drop[i]:
+                    continue
+                vid = bench.ids[i]
+                np.save(video_dir / f"{vid}.npy", video[row])
+                if music_format == "npy":
+                    np.save(music_dir / f"{vid}.npy", music[row])
+                else:
+                    with open(music_dir / f"{vid}.pkl", "wb") as f:
+                        pickle.dump(music[row].astype(np.float64), f, protocol=2)
+            bar.update(len(idx))
+        bar.close()
+        (tmp / TRUTH_FILE).write_text(truth_tsv(bench))
+        settings = {"dataset": "himv200k", "missing": missing, **dataclasses.asdict(spec)}
+        (tmp / "synth.json").write_text(json.dumps(settings, indent=2) + "\n")
+    return out

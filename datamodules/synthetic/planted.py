@@ -1,0 +1,230 @@
+"""The planted video-music benchmark: a generative model with known structure.
+
+Each pair i belongs to a style cluster g(i) and has latent content z_i = s_g + tau * eps_i.
+Small `tau` makes many unpaired items compatible (false negatives, the II-CLVM setting).
+Music frames show f_m(z_i) + noise at every frame. Video frames show f_v(z_i) + noise only
+inside a salient span; elsewhere they show a per-video distractor content b_i (the SSVMR
+saliency setting). f_m and f_v are fixed random two-layer maps (tanh, then linear) into the
+dataset's feature dimensions. A fraction `noise` of *training* pairs is paired with another
+pair's music (label noise); the truth is returned separately so writers can put it where
+loaders never look. Optional per-video text draws tokens from the style's vocabulary.
+
+Everything is deterministic in `seed`; each component has its own random stream, so e.g.
+changing `pairs` does not change the feature maps. Dataset writers (HIMV-200K, YouTube-8M,
+MVD) all build on `PlantedBenchmark` and only differ in how they lay the arrays on disk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+_ID_ALPHABET = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"))
+
+
+@dataclass(frozen=True)
+class PlantedSpec:
+    pairs: int = 6000
+    val: int = 1000
+    test: int = 1000
+    styles: int = 16
+    tau: float = 0.6
+    content_dim: int = 16
+    hidden_dim: int = 64
+    music_dim: int = 1140
+    video_dim: int = 1024
+    music_frames: int = 12
+    video_frames: int = 12
+    # Mean fraction of video frames inside the salient span (spans vary around it).
+    span: float = 0.5
+    feature_noise: float = 0.5
+    # Label noise: fraction of training pairs whose music is another pair's.
+    noise: float = 0.0
+    text: bool = False
+    text_vocab: int = 512
+    text_style_tokens: int = 24
+    text_length: int = 8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.val + self.test >= self.pairs:
+            raise ValueError(
+                f"pairs={self.pairs} leaves no training pairs after val={self.val} "
+                f"and test={self.test}"
+            )
+        if not 0.0 <= self.noise < 1.0:
+            raise ValueError(f"noise={self.noise} must be in [0, 1)")
+        if not 0.0 < self.span <= 1.0:
+            raise ValueError(f"span={self.span} must be in (0, 1]")
+        if min(self.styles, self.music_frames, self.video_frames) < 1:
+            raise ValueError("styles and frame counts must be >= 1")
+
+
+# Stream ids keep the components independent of each other.
+_STREAM = {"styles": 1, "content": 2, "fm": 3, "fv": 4, "ids": 5, "spans": 6, "distract": 7,
+           "noise": 8, "text": 9, "music_noise": 10, "video_noise": 11}
+
+
+class FeatureMap:
+    """A fixed random map from latent content to feature space: x = tanh(z A + c) W + b.
+
+    The last layer is linear, so the mean of mapped frames equals the map of the mean hidden
+    activation: pooled (vector) datasets get exactly the mean of what sequence datasets see.
+    """
+
+    def __init__(self, rng: np.random.Generator, in_dim: int, hidden: int, out_dim: int):
+        self.A = rng.normal(0.0, 1.0 / np.sqrt(in_dim), (in_dim, hidden)) * 1.5
+        self.c = rng.normal(0.0, 0.3, hidden)
+        self.W = rng.normal(0.0, 1.0 / np.sqrt(hidden), (hidden, out_dim))
+        # Real features have very different scales and offsets per dimension.
+        self.scale = np.exp(rng.normal(0.0, 0.4, out_dim))
+        self.b = rng.normal(0.0, 0.5, out_dim)
+
+    def hidden(self, z: np.ndarray) -> np.ndarray:
+        return np.tanh(z @ self.A + self.c)
+
+    def output(self, h: np.ndarray) -> np.ndarray:
+        return (h @ self.W + self.b) * self.scale
+
+
+class PlantedBenchmark:
+    """Draws the latent structure once; feature arrays are generated on demand, in chunks."""
+
+    def __init__(self, spec: PlantedSpec):
+        self.spec = spec
+        n, s = spec.pairs, spec
+        rng = self._rng
+        self.style_centres = rng("styles").normal(0.0, 1.0, (s.styles, s.content_dim))
+        crng = rng("content")
+        self.style = crng.integers(0, s.styles, n)
+        self.content = self.style_centres[self.style] + s.tau * crng.normal(
+            0.0, 1.0, (n, s.content_dim)
+        )
+        self.music_map = FeatureMap(rng("fm"), s.content_dim, s.hidden_dim, s.music_dim)
+        self.video_map = FeatureMap(rng("fv"), s.content_dim, s.hidden_dim, s.video_dim)
+        self.ids = self._make_ids(rng("ids"), n)
+        self.split = np.array(["train"] * n, dtype=object)
+        self.split[n - s.test - s.val : n - s.test] = "val"
+        self.split[n - s.test :] = "test"
+        self.span_start, self.span_length = self._make_spans(rng("spans"))
+        drng = rng("distract")
+        distract_style = drng.integers(0, s.styles, n)
+        self.distractor = self.style_centres[distract_style] + s.tau * drng.normal(
+            0.0, 1.0, (n, s.content_dim)
+        )
+        self.music_source = self._make_label_noise(rng("noise"))
+        self.text = self._make_text(rng("text")) if s.text else None
+
+    def _rng(self, component: str) -> np.random.Generator:
+        return np.random.default_rng([self.spec.seed, _STREAM[component]])
+
+    @staticmethod
+    def _make_ids(rng: np.random.Generator, n: int) -> list[str]:
+        ids: list[str] = []
+        seen: set[str] = set()
+        while len(ids) < n:
+            for row in rng.integers(0, len(_ID_ALPHABET), (n - len(ids), 11)):
+                vid = "".join(_ID_ALPHABET[row])
+                if vid not in seen:
+                    seen.add(vid)
+                    ids.append(vid)
+        return ids
+
+    def _make_spans(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        t = self.spec.video_frames
+        mean_len = self.spec.span * t
+        length = np.clip(np.rint(rng.uniform(0.5, 1.5, self.spec.pairs) * mean_len), 1, t)
+        length = length.astype(np.int64)
+        start = (rng.uniform(0.0, 1.0, self.spec.pairs) * (t - length + 1)).astype(np.int64)
+        return start, length
+
+    def _make_label_noise(self, rng: np.random.Generator) -> np.ndarray:
+        """music_source[i] = the pair whose music is written for pair i (i unless noisy)."""
+        source = np.arange(self.spec.pairs)
+        train = np.flatnonzero(self.split == "train")
+        n_noisy = int(round(self.spec.noise * len(train)))
+        if n_noisy >= 2:
+            noisy = rng.choice(train, n_noisy, replace=False)
+            # A cyclic shift of a random order is a derangement: nobody keeps their own music.
+            source[noisy] = np.roll(noisy, 1)
+        return source
+
+    @property
+    def noisy(self) -> np.ndarray:
+        return self.music_source != np.arange(self.spec.pairs)
+
+    def _make_text(self, rng: np.random.Generator) -> list[str]:
+        s = self.spec
+        style_vocab = rng.integers(0, s.text_vocab, (s.styles, s.text_style_tokens))
+        n_style = (s.text_length + 1) // 2
+        texts = []
+        for g in self.style:
+            tokens = np.concatenate([
+                rng.choice(style_vocab[g], n_style),
+                rng.integers(0, s.text_vocab, s.text_length - n_style),
+            ])
+            rng.shuffle(tokens)
+            texts.append(" ".join(f"w{t}" for t in tokens))
+        return texts
+
+    # ----- features -------------------------------------------------------------------------
+
+    def _video_hidden_frames(self, idx: np.ndarray) -> np.ndarray:
+        """[len(idx), T, H]: salient content inside the span, the distractor outside."""
+        t = np.arange(self.spec.video_frames)
+        inside = (t >= self.span_start[idx, None]) & (t < (self.span_start + self.span_length)[idx, None])
+        salient = self.video_map.hidden(self.content[idx])[:, None, :]
+        distract = self.video_map.hidden(self.distractor[idx])[:, None, :]
+        return np.where(inside[..., None], salient, distract)
+
+    def _noise(self, stream: str, idx: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        # One stream per item, so an item's features do not depend on the chunking.
+        out = np.empty((len(idx), *shape))
+        for row, i in enumerate(idx):
+            out[row] = np.random.default_rng([self.spec.seed, _STREAM[stream], int(i)]).normal(
+                0.0, self.spec.feature_noise, shape
+            )
+        return out
+
+    def music_frames(self, idx: np.ndarray) -> np.ndarray:
+        """Written music features [len(idx), Tm, Dm] (label noise applied)."""
+        src = self.music_source[idx]
+        clean = self.music_map.output(self.music_map.hidden(self.content[src]))[:, None, :]
+        noise = self._noise("music_noise", idx, (self.spec.music_frames, self.spec.music_dim))
+        return (clean + noise * self.music_map.scale).astype(np.float32)
+
+    def video_frames(self, idx: np.ndarray) -> np.ndarray:
+        """Video features [len(idx), Tv, Dv]."""
+        clean = self.video_map.output(self._video_hidden_frames(idx))
+        noise = self._noise("video_noise", idx, (self.spec.video_frames, self.spec.video_dim))
+        return (clean + noise * self.video_map.scale).astype(np.float32)
+
+    def music_vectors(self, idx: np.ndarray) -> np.ndarray:
+        """Mean over frames of `music_frames`, drawn directly: [len(idx), Dm]."""
+        src = self.music_source[idx]
+        clean = self.music_map.output(self.music_map.hidden(self.content[src]))
+        noise = self._noise("music_noise", idx, (self.spec.music_dim,)) / np.sqrt(self.spec.music_frames)
+        return (clean + noise * self.music_map.scale).astype(np.float32)
+
+    def video_vectors(self, idx: np.ndarray) -> np.ndarray:
+        """Mean over frames of `video_frames`, drawn directly: [len(idx), Dv]."""
+        clean = self.video_map.output(self._video_hidden_frames(idx).mean(axis=1))
+        noise = self._noise("video_noise", idx, (self.spec.video_dim,)) / np.sqrt(self.spec.video_frames)
+        return (clean + noise * self.video_map.scale).astype(np.float32)
+
+    def truth_rows(self) -> list[dict]:
+        """One row per pair: what loaders must never see (style, true pairing, span)."""
+        return [
+            {
+                "id": self.ids[i],
+                "split": self.split[i],
+                "style": int(self.style[i]),
+                "true_music_id": self.ids[i],
+                "written_music_id": self.ids[self.music_source[i]],
+                "noisy": bool(self.noisy[i]),
+                "span_start": int(self.span_start[i]),
+                "span_length": int(self.span_length[i]),
+            }
+            for i in range(self.spec.pairs)
+        ]

@@ -1,0 +1,1 @@
+"""vmr application layer: CLI, configuration, train(cfg), logging, callbacks, retrieval metrics."""

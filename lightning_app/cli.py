@@ -1,0 +1,135 @@
+"""The `vmr` command (also `python -m lightning_app`).
+
+    vmr train NAME [key=value ...]       run experiments/NAME.yaml
+    vmr synth --dataset himv200k --out DIR [--pairs N --seed S ...]
+    vmr prepare --dataset himv200k --src DIR [--out DIR]
+    vmr compare [RUNS_DIR | RUN_DIR ...] [--stage test]
+    vmr experiments                      list experiment names
+
+Bad input exits with code 2 and one line naming the file, key or value; `--debug` shows
+the traceback instead. Heavy imports happen inside each command so `vmr --help` is quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from lightning_app.errors import USER_ERRORS, ConfigError
+
+DATASETS = ("himv200k",)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from lightning_app.config import load_config
+
+    cfg = load_config(args.name, args.overrides)
+    from lightning_app.train import train
+
+    train(cfg)
+    return 0
+
+
+def _cmd_experiments(args: argparse.Namespace) -> int:
+    from lightning_app.config import EXPERIMENTS_DIR, experiment_names
+
+    for name in experiment_names():
+        first = (EXPERIMENTS_DIR / f"{name}.yaml").read_text().splitlines()[0]
+        print(f"{name:<24} {first.lstrip('# ').strip()}")
+    return 0
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from datamodules.synthetic.himv200k import write_himv200k
+    from datamodules.synthetic.planted import PlantedSpec
+
+    try:
+        spec = PlantedSpec(pairs=args.pairs, val=args.val, test=args.test, styles=args.styles,
+                           tau=args.tau, noise=args.noise, seed=args.seed,
+                           music_frames=args.frames, video_frames=args.frames, span=args.span,
+                           feature_noise=args.feature_noise, text=args.text)
+    except ValueError as e:
+        raise ConfigError(f"vmr synth: {e}") from None
+    if not 0.0 <= args.missing < 1.0:
+        raise ConfigError(f"vmr synth: --missing={args.missing} must be in [0, 1)")
+    out = write_himv200k(spec, args.out, missing=args.missing, music_format=args.music_format)
+    print(f"wrote synthetic {args.dataset} ({args.pairs} pairs, seed {args.seed}) to {out}")
+    return 0
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from datamodules.himv200k import pack_himv200k
+
+    out = pack_himv200k(args.src, args.out, val_size=args.val_size, test_size=args.test_size)
+    print(f"packed {args.dataset} from {args.src} into {out}")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from lightning_app.compare import compare_runs
+
+    print(compare_runs([Path(p) for p in args.paths], stage=args.stage, sort=args.sort))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vmr", description="Video-music retrieval experiments.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="run an experiment (experiments/NAME.yaml)")
+    p.add_argument("name", help="experiment name, e.g. quickstart")
+    p.add_argument("overrides", nargs="*", help="config overrides, key=value")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("experiments", help="list the experiments")
+    p.set_defaults(func=_cmd_experiments)
+
+    p = sub.add_parser("synth", help="write the planted synthetic benchmark in a dataset's format")
+    p.add_argument("--dataset", choices=DATASETS, required=True)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--pairs", type=int, default=6000)
+    p.add_argument("--val", type=int, default=1000, help="validation pairs")
+    p.add_argument("--test", type=int, default=1000, help="test pairs")
+    p.add_argument("--styles", type=int, default=16, help="style clusters")
+    p.add_argument("--tau", type=float, default=0.6, help="within-style spread (small: many false negatives)")
+    p.add_argument("--noise", type=float, default=0.0, help="label-noise fraction of training pairs")
+    p.add_argument("--missing", type=float, default=0.0, help="fraction of ids without features")
+    p.add_argument("--frames", type=int, default=12, help="frames per sequence before pooling")
+    p.add_argument("--span", type=float, default=0.5, help="mean salient fraction of video frames")
+    p.add_argument("--feature-noise", type=float, default=0.5)
+    p.add_argument("--text", action="store_true", help="also draw per-video text")
+    p.add_argument("--music-format", choices=("npy", "pkl"), default="npy",
+                   help="pkl writes the VM-NET authors' per-track pickles")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_synth)
+
+    p = sub.add_parser("prepare", help="pack a dataset into the feature store")
+    p.add_argument("--dataset", choices=DATASETS, required=True)
+    p.add_argument("--src", required=True, type=Path, help="the dataset folder")
+    p.add_argument("--out", type=Path, default=None, help="store folder (default SRC/store)")
+    p.add_argument("--val-size", type=int, default=4000, help="used only when SRC has no splits/")
+    p.add_argument("--test-size", type=int, default=1000, help="used only when SRC has no splits/")
+    p.set_defaults(func=_cmd_prepare)
+
+    p = sub.add_parser("compare", help="compare the metrics of finished runs")
+    p.add_argument("paths", nargs="*", default=["runs"], help="run folders or folders of runs")
+    p.add_argument("--stage", default="test", choices=("test", "val"))
+    p.add_argument("--sort", default=None, help="metric to sort by, e.g. v2m/R@10")
+    p.set_defaults(func=_cmd_compare)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        return args.func(args)
+    except USER_ERRORS as e:
+        if args.debug:
+            raise
+        print(f"vmr: error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,288 @@
+"""Experiment configuration: `experiments/base.yaml` + `experiments/NAME.yaml` + overrides.
+
+The dataclasses below are the schema. Every YAML layer and every `key=value` override is
+checked against it before merging, so a typo fails with one line that names the source,
+the key and the valid keys, instead of being silently ignored. Choices (dataset, model, ...)
+are data in field metadata, never module paths to import.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from lightning_app.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+EXPERIMENTS_DIR = PROJECT_ROOT / "experiments"
+
+
+def choice(default: str, choices: tuple[str, ...]) -> Any:
+    return field(default=default, metadata={"choices": choices})
+
+
+@dataclass
+class SynthConfig:
+    """Planted synthetic data generated into `data.root` on first use (see `vmr synth`)."""
+
+    enabled: bool = False
+    pairs: int = 6000
+    val: int = 1000
+    test: int = 1000
+    styles: int = 16
+    tau: float = 0.6
+    noise: float = 0.0
+    missing: float = 0.0
+    frames: int = 12
+    span: float = 0.5
+    feature_noise: float = 0.5
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    dataset: str = choice("himv200k", ("himv200k",))
+    root: str = "data/synthetic_himv200k"
+    # Packed feature store; empty means `<root>/store`. Built by `vmr prepare` or on first use.
+    store: str = ""
+    # Global batch size: split evenly over all devices and nodes.
+    batch_size: int = 1000
+    eval_batch_size: int = 1000
+    num_workers: int = 0
+    # Used only when the dataset ships no split files (HIMV-200K): the last `test_size` ids
+    # are the test split and the `val_size` before them the validation split.
+    val_size: int = 4000
+    test_size: int = 1000
+    synthetic: SynthConfig = field(default_factory=SynthConfig)
+
+
+@dataclass
+class VMNetConfig:
+    music_dim: int = 1140
+    video_dim: int = 1024
+    embed_dim: int = 512
+    music_hidden: list[int] = field(default_factory=lambda: [2048, 1024])
+    video_hidden: list[int] = field(default_factory=lambda: [2048])
+    dropout: float = 0.1
+    bn_eps: float = 1e-3
+    bn_momentum: float = 0.01
+    # The released train.py's `is_linear` flag: drop the ReLUs.
+    is_linear: bool = False
+    # How frame sequences become one vector (HIMV-200K is already one vector per track).
+    video_pooling: str = choice("mean", ("mean", "max", "mean_max"))
+
+
+@dataclass
+class ModelConfig:
+    name: str = choice("vmnet", ("vmnet",))
+    vmnet: VMNetConfig = field(default_factory=VMNetConfig)
+
+
+@dataclass
+class LossConfig:
+    """VM-NET: L = 3 L_mv + 1 L_vm + 0.2 L_struct(music) + 0.2 L_struct(video)."""
+
+    num_negatives: int = 100
+    margin: float = 0.1
+    music_to_video_weight: float = 3.0
+    video_to_music_weight: float = 1.0
+    structure_k: int = 100
+    structure_music_weight: float = 0.2
+    structure_video_weight: float = 0.2
+
+
+@dataclass
+class OptimConfig:
+    name: str = choice("adam", ("adam", "adamw", "sgd"))
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    scheduler: str = choice("constant", ("constant", "cosine"))
+    warmup_steps: int = 0
+
+
+@dataclass
+class TrainerConfig:
+    max_epochs: int = 20
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: Any = "32-true"
+    gradient_clip_val: Optional[float] = None
+    check_val_every_n_epoch: int = 1
+    log_every_n_steps: int = 10
+    limit_train_batches: Optional[float] = None
+    deterministic: bool = False
+    enable_progress_bar: bool = True
+
+
+@dataclass
+class EvalConfig:
+    ks: list[int] = field(default_factory=lambda: [1, 5, 10, 50, 100])
+    chunk_size: int = 4096
+    # Length of the recall-at-K curve image logged to W&B.
+    curve_max_k: int = 100
+
+
+@dataclass
+class CheckpointConfig:
+    monitor: str = "val/v2m/R@10"
+    mode: str = choice("max", ("max", "min"))
+    save_top_k: int = 1
+    save_last: bool = True
+
+
+@dataclass
+class WandbConfig:
+    # auto: online when WANDB_API_KEY is set, otherwise offline.
+    mode: str = choice("auto", ("auto", "online", "offline", "disabled"))
+    project: str = "vmr"
+    entity: Optional[str] = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LoggerConfig:
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+@dataclass
+class Config:
+    name: str = ""
+    description: str = ""
+    seed: int = 0
+    run_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+def experiment_names(experiments_dir: Path = EXPERIMENTS_DIR) -> list[str]:
+    return sorted(p.stem for p in experiments_dir.glob("*.yaml") if p.stem != "base")
+
+
+def load_config(
+    name: str, overrides: list[str] | tuple[str, ...] = (), experiments_dir: Path | None = None
+) -> Config:
+    """Merge base.yaml, NAME.yaml and `key=value` overrides into a validated `Config`."""
+    experiments_dir = Path(experiments_dir or EXPERIMENTS_DIR)
+    names = experiment_names(experiments_dir)
+    if name not in names:
+        raise ConfigError(f"unknown experiment '{name}' (choose from: {', '.join(names)})")
+    layers: list[tuple[str, dict]] = []
+    base = experiments_dir / "base.yaml"
+    if base.exists():
+        layers.append((str(base), _read_yaml(base)))
+    path = experiments_dir / f"{name}.yaml"
+    layers.append((str(path), _read_yaml(path)))
+    layers.append(("command line", _parse_overrides(overrides)))
+
+    merged = OmegaConf.structured(Config)
+    for source, layer in layers:
+        _check_keys(merged, layer, source, prefix="")
+        try:
+            merged = OmegaConf.merge(merged, layer)
+        except OmegaConfBaseException as e:
+            key = getattr(e, "full_key", "") or "?"
+            msg = str(e).splitlines()[0]
+            raise ConfigError(f"{source}: bad value for '{key}': {msg}") from None
+    merged.name = name
+    cfg = OmegaConf.to_object(merged)
+    assert isinstance(cfg, Config)
+    validate(cfg)
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict:
+    """The resolved config as plain containers (for YAML, JSON and W&B)."""
+    return dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def validate(cfg: Config) -> None:
+    """Choices from field metadata, then value ranges that types cannot express."""
+    _check_choices(cfg, "")
+    checks = [
+        ("data.batch_size", cfg.data.batch_size > 0, "must be > 0"),
+        ("data.eval_batch_size", cfg.data.eval_batch_size > 0, "must be > 0"),
+        ("data.num_workers", cfg.data.num_workers >= 0, "must be >= 0"),
+        ("data.synthetic.noise", 0.0 <= cfg.data.synthetic.noise < 1.0, "must be in [0, 1)"),
+        ("data.synthetic.missing", 0.0 <= cfg.data.synthetic.missing < 1.0, "must be in [0, 1)"),
+        ("optim.lr", cfg.optim.lr > 0, "must be > 0"),
+        ("loss.num_negatives", cfg.loss.num_negatives > 0, "must be > 0"),
+        ("loss.structure_k", cfg.loss.structure_k >= 2, "must be >= 2"),
+        ("eval.ks", bool(cfg.eval.ks) and min(cfg.eval.ks) >= 1, "must be a non-empty list of k >= 1"),
+        ("eval.chunk_size", cfg.eval.chunk_size > 0, "must be > 0"),
+        ("trainer.max_epochs", cfg.trainer.max_epochs > 0, "must be > 0"),
+    ]
+    for key, ok, why in checks:
+        if not ok:
+            raise ConfigError(f"config: '{key}' {why} (got {_get(cfg, key)!r})")
+
+
+def _get(obj: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _check_choices(node: Any, prefix: str) -> None:
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        key = f"{prefix}{f.name}"
+        if "choices" in f.metadata and value not in f.metadata["choices"]:
+            valid = ", ".join(f.metadata["choices"])
+            raise ConfigError(f"config: '{key}' has unknown value {value!r} (choose from: {valid})")
+        if dataclasses.is_dataclass(value):
+            _check_choices(value, key + ".")
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
+    return data
+
+
+def _parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict:
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(f"override '{item}' is not of the form key=value")
+    try:
+        return OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)))  # type: ignore[return-value]
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"command line: cannot parse overrides ({str(e).splitlines()[0]})") from None
+
+
+def _check_keys(schema: DictConfig, layer: dict, source: str, prefix: str) -> None:
+    for key, value in layer.items():
+        dotted = f"{prefix}{key}"
+        if key not in schema:
+            valid = ", ".join(sorted(str(k) for k in schema.keys()))
+            where = f"under '{prefix[:-1]}'" if prefix else "at top level"
+            raise ConfigError(f"{source}: unknown key '{dotted}' (valid keys {where}: {valid})")
+        child = schema._get_node(key)
+        if isinstance(child, DictConfig) and child._is_none() is False:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: '{dotted}' must be a mapping, got {value!r}")
+            _check_keys(child, value, source, prefix=f"{dotted}.")

@@ -1,0 +1,80 @@
+"""`train(cfg) -> (metrics, objects)`: one experiment, from data to the run folder.
+
+A plain function so tests (and notebooks) call it directly; the CLI only parses arguments.
+Bad data or config fail before the run folder exists, so nothing half-written is left.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+
+from datamodules.atomic import write_json, write_text
+from lightning_app.callbacks import RecallAtK
+from lightning_app.config import Config, to_dict, to_yaml
+from lightning_app.loggers import build_loggers
+from lightning_app.registry import build_datamodule, build_model
+from lightning_app.run_dir import git_commit, make_run_dir
+from lightning_app.table import metrics_table
+
+
+def _is_launcher() -> bool:
+    """True in the process the user started (not a DDP worker it spawned)."""
+    return int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
+
+
+def train(cfg: Config) -> tuple[dict[str, float], dict[str, Any]]:
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = build_datamodule(cfg)
+    if _is_launcher():
+        datamodule.prepare_data()  # fail on bad data now, before anything is written
+    model = build_model(cfg, datamodule.dims)
+
+    run_dir = make_run_dir(cfg.run_dir, cfg.name)
+    commit = git_commit()
+    write_text(run_dir / "config.yaml", to_yaml(cfg))
+    hparams = {"config": to_dict(cfg), "seed": cfg.seed, "git_commit": commit,
+               "run_dir": str(run_dir)}
+    loggers = build_loggers(cfg, run_dir, hparams)
+
+    ckpt = cfg.checkpoint
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", monitor=ckpt.monitor, mode=ckpt.mode,
+        save_top_k=ckpt.save_top_k, save_last=ckpt.save_last,
+        filename="best-{epoch:03d}", auto_insert_metric_name=False,
+    )
+    recall = RecallAtK(cfg.eval.ks, cfg.eval.chunk_size, cfg.eval.curve_max_k, curve_dir=run_dir)
+    t = cfg.trainer
+    trainer = pl.Trainer(
+        default_root_dir=str(run_dir),
+        max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices,
+        num_nodes=t.num_nodes, strategy=t.strategy, precision=t.precision,
+        gradient_clip_val=t.gradient_clip_val, check_val_every_n_epoch=t.check_val_every_n_epoch,
+        log_every_n_steps=t.log_every_n_steps, deterministic=t.deterministic,
+        limit_train_batches=t.limit_train_batches, enable_progress_bar=t.enable_progress_bar,
+        logger=loggers, callbacks=[recall, checkpoint, LearningRateMonitor("epoch")],
+        enable_model_summary=False,
+    )
+    trainer.fit(model, datamodule=datamodule)
+    best = checkpoint.best_model_path or None
+    results = trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=True,
+                           verbose=False)
+    metrics = {k: float(v) for k, v in results[0].items() if k.startswith("test/")}
+    if trainer.is_global_zero:
+        write_json(run_dir / "metrics.json", {
+            **metrics, "best_checkpoint": str(best) if best else None,
+            "best_val": _float(checkpoint.best_model_score), "git_commit": commit,
+            "seed": cfg.seed, "experiment": cfg.name,
+        })
+        print(metrics_table(metrics, "test", title=f"{cfg.name}: test metrics ({run_dir})"))
+    objects = {"trainer": trainer, "model": model, "datamodule": datamodule,
+               "run_dir": Path(run_dir), "recall": recall}
+    return metrics, objects
+
+
+def _float(x: Any) -> float | None:
+    return None if x is None else float(x)

@@ -1,0 +1,1 @@
+"""Training losses for video-music retrieval (pure torch functions, no model state)."""

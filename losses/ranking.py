@@ -1,0 +1,83 @@
+"""VM-NET inter-modal ranking loss (Hong et al., ICMR 2018).
+
+Transcribed from the authors' TensorFlow code: the distance between a music and a video
+embedding is the negative cosine similarity, and each anchor is pushed away from its
+``num_negatives`` *hardest* (closest) negatives in the batch by a hinge with ``margin``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["inter_modal_ranking_loss"]
+
+
+def _check_pair_batch(music_emb: torch.Tensor, video_emb: torch.Tensor) -> int:
+    """Validate that the two embedding batches are [N, D] pairs; return N."""
+    if music_emb.dim() != 2 or video_emb.dim() != 2:
+        raise ValueError(
+            "inter_modal_ranking_loss expects 2-D [N, D] embeddings, got shapes "
+            f"music={tuple(music_emb.shape)} video={tuple(video_emb.shape)}"
+        )
+    if music_emb.shape != video_emb.shape:
+        raise ValueError(
+            "inter_modal_ranking_loss: shape mismatch, music and video embeddings must both be "
+            f"[N, D] with row i a pair; got music={tuple(music_emb.shape)} "
+            f"video={tuple(video_emb.shape)}"
+        )
+    n = music_emb.shape[0]
+    if n < 2:
+        raise ValueError(
+            "inter_modal_ranking_loss needs at least 2 pairs (N >= 2) so that each anchor has "
+            f"a negative; got N={n}"
+        )
+    return n
+
+
+def _hardest_negative_hinge(dist: torch.Tensor, num_neg: int, margin: float) -> torch.Tensor:
+    """Mean hinge over each row's ``num_neg`` smallest off-diagonal distances.
+
+    Row i of ``dist`` holds the distances from anchor i to every item of the other modality;
+    the diagonal is the positive. Masking the diagonal with +inf keeps topk from choosing the
+    positive as its own negative (num_neg <= N - 1, so there are always enough finite entries).
+    """
+    n = dist.shape[0]
+    positive = dist.diagonal().unsqueeze(1)  # [N, 1]
+    eye = torch.eye(n, dtype=torch.bool, device=dist.device)
+    masked = dist.masked_fill(eye, float("inf"))
+    # Smallest distance = most similar negative = most violating one.
+    hardest = masked.topk(num_neg, dim=1, largest=False).values  # [N, Q]
+    # Mean over all N*Q terms, zeros included, as in the reference implementation.
+    return torch.clamp(margin + positive - hardest, min=0.0).mean()
+
+
+def inter_modal_ranking_loss(
+    music_emb: torch.Tensor,
+    video_emb: torch.Tensor,
+    num_negatives: int = 100,
+    margin: float = 0.1,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """VM-NET's bidirectional top-Q hinge ranking loss.
+
+    Args:
+        music_emb: [N, D] L2-normalised music embeddings; row i pairs with ``video_emb[i]``.
+        video_emb: [N, D] L2-normalised video embeddings.
+        num_negatives: Q, the number of hardest in-batch negatives per anchor; clipped to N-1
+            so small batches (e.g. the last one of an epoch) still work.
+        margin: hinge margin.
+
+    Returns:
+        ``(loss_music_to_video, loss_video_to_music)``, float32 scalars. The first uses music
+        anchors against video negatives, the second video anchors against music negatives.
+    """
+    n = _check_pair_batch(music_emb, video_emb)
+    if num_negatives < 1:
+        raise ValueError(f"num_negatives must be >= 1, got {num_negatives}")
+    num_neg = min(int(num_negatives), n - 1)
+    # Half-precision dot products and hinge means lose too much precision for a loss; cast up.
+    music = music_emb.float()
+    video = video_emb.float()
+    dist = -(music @ video.T)  # [N_music, N_video]; negative cosine for normalised inputs
+    loss_mv = _hardest_negative_hinge(dist, num_neg, margin)
+    loss_vm = _hardest_negative_hinge(dist.T, num_neg, margin)
+    return loss_mv, loss_vm

@@ -1,0 +1,1 @@
+"""LightningModules for video-music retrieval (VM-NET, ...) and their shared building blocks."""

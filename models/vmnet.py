@@ -1,0 +1,81 @@
+"""VM-NET (Hong, Im, Yang, ICMR 2018), as released in the authors' TensorFlow code.
+
+Two-branch MLP into a 512-d L2-normalised space. Music: FC 2048, ReLU, dropout, FC 1024,
+ReLU, dropout, FC 512, BatchNorm. Video: FC 2048, ReLU, dropout, FC 512, BatchNorm.
+He (truncated normal) initialisation. Loss: 3 L_mv + 1 L_vm + 0.2 L_struct(music)
++ 0.2 L_struct(video) (inter-modal top-Q ranking, soft intra-modal structure).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from losses.ranking import inter_modal_ranking_loss
+from losses.structure import soft_intra_modal_structure_loss
+from models.base import RetrievalModule
+from models.pooling import masked_pool, pooled_dim
+
+
+def he_truncated_normal_(linear: nn.Linear) -> None:
+    """TF's variance-scaling init: truncated normal (2 std) with std sqrt(2 / fan_in)."""
+    std = math.sqrt(2.0 / linear.in_features)
+    nn.init.trunc_normal_(linear.weight, std=std, a=-2 * std, b=2 * std)
+    nn.init.zeros_(linear.bias)
+
+
+def branch(in_dim: int, hidden: list[int], out_dim: int, dropout: float, linear: bool,
+           bn_eps: float, bn_momentum: float) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for width in hidden:
+        layers.append(nn.Linear(in_dim, width))
+        if not linear:
+            layers.append(nn.ReLU())
+        layers.append(nn.Dropout(dropout))
+        in_dim = width
+    layers += [nn.Linear(in_dim, out_dim), nn.BatchNorm1d(out_dim, eps=bn_eps, momentum=bn_momentum)]
+    for layer in layers:
+        if isinstance(layer, nn.Linear):
+            he_truncated_normal_(layer)
+    return nn.Sequential(*layers)
+
+
+class VMNet(RetrievalModule):
+    def __init__(self, model: dict[str, Any], loss: dict[str, Any], optim: dict[str, Any]):
+        super().__init__(optim)
+        # Plain dicts, so checkpoints reload with weights_only=True.
+        self.save_hyperparameters({"model": model, "loss": loss, "optim": optim})
+        self.cfg, self.loss_cfg = dict(model), dict(loss)
+        common = {"dropout": model["dropout"], "linear": model["is_linear"],
+                  "bn_eps": model["bn_eps"], "bn_momentum": model["bn_momentum"]}
+        self.video_pooling = model["video_pooling"]
+        video_in = pooled_dim(model["video_dim"], self.video_pooling)
+        self.music_net = branch(model["music_dim"], model["music_hidden"], model["embed_dim"], **common)
+        self.video_net = branch(video_in, model["video_hidden"], model["embed_dim"], **common)
+
+    def video_input(self, batch: dict[str, Any]) -> torch.Tensor:
+        return masked_pool(batch["video"], batch["video_mask"], self.video_pooling)
+
+    def music_input(self, batch: dict[str, Any]) -> torch.Tensor:
+        # Music is one vector per track; frame sequences are averaged.
+        return masked_pool(batch["music"], batch["music_mask"], "mean")
+
+    def encode_video(self, batch: dict[str, Any]) -> torch.Tensor:
+        return F.normalize(self.video_net(self.video_input(batch)), dim=-1)
+
+    def encode_music(self, batch: dict[str, Any]) -> torch.Tensor:
+        return F.normalize(self.music_net(self.music_input(batch)), dim=-1)
+
+    def loss(self, batch: dict[str, Any], video: torch.Tensor, music: torch.Tensor) -> dict:
+        c = self.loss_cfg
+        l_mv, l_vm = inter_modal_ranking_loss(music, video, c["num_negatives"], c["margin"])
+        s_music = soft_intra_modal_structure_loss(self.music_input(batch), music, c["structure_k"])
+        s_video = soft_intra_modal_structure_loss(self.video_input(batch), video, c["structure_k"])
+        total = (c["music_to_video_weight"] * l_mv + c["video_to_music_weight"] * l_vm
+                 + c["structure_music_weight"] * s_music + c["structure_video_weight"] * s_video)
+        return {"loss": total, "rank_mv": l_mv, "rank_vm": l_vm,
+                "struct_music": s_music, "struct_video": s_video}
