@@ -18,9 +18,21 @@ from typing import Any
 import numpy as np
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# Read once at import: changing the umask is process-wide, so not on every write.
+_UMASK = _read_umask()
+
+
 def _temp_path(final: Path, suffix: str = "") -> Path:
     fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".tmp{suffix}", dir=final.parent)
     os.close(fd)
+    # mkstemp creates 0600; give the final file the permissions a plain open() would.
+    os.chmod(name, 0o666 & ~_UMASK)
     return Path(name)
 
 
@@ -64,6 +76,8 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    # mkdtemp creates 0700; give the final folder the permissions a plain mkdir() would.
+    os.chmod(tmp, 0o777 & ~_UMASK)
     try:
         yield tmp
     except BaseException:
@@ -73,6 +87,13 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     if final.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
         os.replace(final, old / final.name)
-    os.replace(tmp, final)
+    try:
+        os.replace(tmp, final)
+    except BaseException:
+        if old is not None:
+            os.replace(old / final.name, final)  # put the previous version back
+            shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

@@ -62,8 +62,8 @@ class _SplitWriter:
 
     def add(self, item: Item) -> None:
         row: dict[str, Any] = {"id": item.id, "music_id": item.music_id}
-        for name, spec in self.modalities.items():
-            arr = np.ascontiguousarray(item.arrays[name], dtype=spec.dtype)
+        arrays = {name: _checked(item, name, spec) for name, spec in self.modalities.items()}
+        for name, arr in arrays.items():
             row[f"{name}_offset"] = self.frames[name]
             row[f"{name}_length"] = len(arr)
             self.raw[name].write(arr.tobytes())
@@ -71,6 +71,12 @@ class _SplitWriter:
         row.update(item.extra)
         self.index.write(json.dumps(row) + "\n")
         self.count += 1
+
+    def abort(self) -> None:
+        """Close the files without converting them (the caller discards the folder)."""
+        self.index.close()
+        for f in self.raw.values():
+            f.close()
 
     def close(self) -> dict[str, Any]:
         self.index.close()
@@ -89,6 +95,26 @@ class _SplitWriter:
             raw_path.unlink()
             info["modalities"][name] = {"frames": shape[0], "sha256": _sha256(final)}
         return info
+
+
+def _checked(item: Item, name: str, spec: ModalitySpec) -> np.ndarray:
+    """item.arrays[name] as contiguous [frames, dim] of the stored dtype, or a DataError."""
+    if name not in item.arrays:
+        raise DataError(f"item {item.id}: no '{name}' features (has: {', '.join(item.arrays)})")
+    arr = np.asarray(item.arrays[name])
+    if arr.ndim != 2 or arr.shape[1] != spec.dim:
+        raise DataError(
+            f"item {item.id}: '{name}' features have shape {arr.shape}, expected (frames, {spec.dim})"
+        )
+    target = np.dtype(spec.dtype)
+    if np.issubdtype(target, np.integer) and arr.dtype != target and arr.size:
+        info = np.iinfo(target)
+        if not np.isfinite(arr).all() or arr.min() < info.min or arr.max() > info.max:
+            raise DataError(
+                f"item {item.id}: '{name}' values do not fit {target} "
+                f"(range [{arr.min()}, {arr.max()}])"
+            )
+    return np.ascontiguousarray(arr, dtype=target)
 
 
 def _sha256(path: Path) -> str:
@@ -126,8 +152,10 @@ def write_store(
             try:
                 for item in items:
                     writer.add(item)
-            finally:
-                info = writer.close()
+            except BaseException:
+                writer.abort()
+                raise
+            info = writer.close()
             if info["count"] == 0:
                 raise DataError(f"{source.get('root', out)}: split '{split}' is empty")
             meta["splits"][split] = info

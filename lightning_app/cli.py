@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -126,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # Lightning 2.6 against torch 2.11 warns about its own pytree use at every step.
+    warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec.*")
     try:
         return args.func(args)
     except USER_ERRORS as e:

@@ -6,6 +6,7 @@ needs a network; offline runs can be uploaded later with `wandb sync <run>/wandb
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -47,3 +48,22 @@ def _wandb_settings() -> Any:
 
     # No console capture: Lightning's progress bar and our table stay as they are.
     return wandb.Settings(console="off", silent=True)
+
+
+def finish_loggers(loggers: list[Logger]) -> None:
+    """Close the W&B run so an offline run folder is complete (config, media, summary)."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    for lg in loggers:
+        if isinstance(lg, WandbLogger) and lg._experiment is not None:
+            lg.experiment.finish()
+
+
+class _DropTips(logging.Filter):
+    """Lightning advertises a hosted logger at every Trainer start; keep the console quiet."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in record.getMessage()
+
+
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_DropTips())

@@ -14,8 +14,13 @@ from lightning_app.config import PROJECT_ROOT
 RUN_DIR_ENV = "VMR_RUN_DIR"
 
 
+def _is_worker_process() -> bool:
+    """A process started by a launcher (Lightning DDP, torchrun, srun), not by the user."""
+    return any(os.environ.get(v) for v in ("LOCAL_RANK", "RANK", "SLURM_PROCID"))
+
+
 def make_run_dir(run_root: str | Path, name: str) -> Path:
-    inherited = os.environ.get(RUN_DIR_ENV)
+    inherited = os.environ.get(RUN_DIR_ENV) if _is_worker_process() else None
     if inherited:
         path = Path(inherited)
     else:

@@ -16,7 +16,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from datamodules.atomic import write_json, write_text
 from lightning_app.callbacks import RecallAtK
 from lightning_app.config import Config, to_dict, to_yaml
-from lightning_app.loggers import build_loggers
+from lightning_app.loggers import build_loggers, finish_loggers
 from lightning_app.registry import build_datamodule, build_model
 from lightning_app.run_dir import git_commit, make_run_dir
 from lightning_app.table import metrics_table
@@ -63,7 +63,9 @@ def train(cfg: Config) -> tuple[dict[str, float], dict[str, Any]]:
     best = checkpoint.best_model_path or None
     results = trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=True,
                            verbose=False)
+    # Exact retrieval metrics from the callback; the test loss from Lightning's results.
     metrics = {k: float(v) for k, v in results[0].items() if k.startswith("test/")}
+    metrics.update(recall.last_metrics.get("test", {}))
     if trainer.is_global_zero:
         write_json(run_dir / "metrics.json", {
             **metrics, "best_checkpoint": str(best) if best else None,
@@ -71,6 +73,7 @@ def train(cfg: Config) -> tuple[dict[str, float], dict[str, Any]]:
             "seed": cfg.seed, "experiment": cfg.name,
         })
         print(metrics_table(metrics, "test", title=f"{cfg.name}: test metrics ({run_dir})"))
+    finish_loggers(loggers)
     objects = {"trainer": trainer, "model": model, "datamodule": datamodule,
                "run_dir": Path(run_dir), "recall": recall}
     return metrics, objects

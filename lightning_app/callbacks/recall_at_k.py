@@ -31,6 +31,8 @@ class RecallAtK(Callback):
         self.curve_dir = Path(curve_dir) if curve_dir else None
         self._outputs: list[dict[str, torch.Tensor]] = []
         self.last_curves: dict[str, torch.Tensor] = {}
+        # Exact values per stage as Python floats (Lightning's logged copies are float32).
+        self.last_metrics: dict[str, dict[str, float]] = {}
 
     # ----- collecting ----------------------------------------------------------------------
 
@@ -84,6 +86,7 @@ class RecallAtK(Callback):
             metrics.update({f"{stage}/{direction}/{k}": v
                             for k, v in metrics_from_ranks(r, self.ks).items()})
         metrics[f"{stage}/gallery_size"] = float(ranks["v2m"].numel())
+        self.last_metrics[stage] = metrics
         # Identical on all ranks: no reduction needed (and none that could change them).
         pl_module.log_dict(metrics, sync_dist=False, rank_zero_only=False)
         if trainer.sanity_checking:
