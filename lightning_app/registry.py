@@ -33,7 +33,8 @@ def _himv200k(cfg: Config) -> StoreDataModule:
 
 def _vmnet(cfg: Config, dims: dict[str, int]) -> RetrievalModule:
     m = cfg.model.vmnet
-    for modality, key, want in (("music", "music_dim", m.music_dim), ("video", "video_dim", m.video_dim)):
+    expected = (("music", "music_dim", m.music_dim), ("video", "video_dim", m.video_dim))
+    for modality, key, want in expected:
         if dims.get(modality) != want:
             raise ConfigError(
                 f"config: model.vmnet.{key}={want} but the {cfg.data.dataset} store has "

@@ -14,6 +14,15 @@ from lightning_app.config import PROJECT_ROOT
 RUN_DIR_ENV = "VMR_RUN_DIR"
 
 
+def launch_rank() -> int:
+    """Global rank as the launcher set it (0 for a plain process and for the DDP launcher)."""
+    for var in ("RANK", "SLURM_PROCID"):
+        if os.environ.get(var):
+            return int(os.environ[var])
+    local, node = int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("NODE_RANK", "0"))
+    return local if node == 0 else 1 + local
+
+
 def _is_worker_process() -> bool:
     """A process started by a launcher (Lightning DDP, torchrun, srun), not by the user."""
     return any(os.environ.get(v) for v in ("LOCAL_RANK", "RANK", "SLURM_PROCID"))

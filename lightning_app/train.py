@@ -6,7 +6,6 @@ Bad data or config fail before the run folder exists, so nothing half-written is
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -18,19 +17,14 @@ from lightning_app.callbacks import RecallAtK
 from lightning_app.config import Config, to_dict, to_yaml
 from lightning_app.loggers import build_loggers, finish_loggers
 from lightning_app.registry import build_datamodule, build_model
-from lightning_app.run_dir import git_commit, make_run_dir
+from lightning_app.run_dir import git_commit, launch_rank, make_run_dir
 from lightning_app.table import metrics_table
-
-
-def _is_launcher() -> bool:
-    """True in the process the user started (not a DDP worker it spawned)."""
-    return int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
 
 
 def train(cfg: Config) -> tuple[dict[str, float], dict[str, Any]]:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg)
-    if _is_launcher():
+    if launch_rank() == 0:
         datamodule.prepare_data()  # fail on bad data now, before anything is written
     model = build_model(cfg, datamodule.dims)
 

@@ -37,7 +37,8 @@ def branch(in_dim: int, hidden: list[int], out_dim: int, dropout: float, linear:
             layers.append(nn.ReLU())
         layers.append(nn.Dropout(dropout))
         in_dim = width
-    layers += [nn.Linear(in_dim, out_dim), nn.BatchNorm1d(out_dim, eps=bn_eps, momentum=bn_momentum)]
+    layers.append(nn.Linear(in_dim, out_dim))
+    layers.append(nn.BatchNorm1d(out_dim, eps=bn_eps, momentum=bn_momentum))
     for layer in layers:
         if isinstance(layer, nn.Linear):
             he_truncated_normal_(layer)
@@ -54,8 +55,9 @@ class VMNet(RetrievalModule):
                   "bn_eps": model["bn_eps"], "bn_momentum": model["bn_momentum"]}
         self.video_pooling = model["video_pooling"]
         video_in = pooled_dim(model["video_dim"], self.video_pooling)
-        self.music_net = branch(model["music_dim"], model["music_hidden"], model["embed_dim"], **common)
-        self.video_net = branch(video_in, model["video_hidden"], model["embed_dim"], **common)
+        embed = model["embed_dim"]
+        self.music_net = branch(model["music_dim"], model["music_hidden"], embed, **common)
+        self.video_net = branch(video_in, model["video_hidden"], embed, **common)
 
     def video_input(self, batch: dict[str, Any]) -> torch.Tensor:
         return masked_pool(batch["video"], batch["video_mask"], self.video_pooling)

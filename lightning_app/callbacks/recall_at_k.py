@@ -66,7 +66,8 @@ class RecallAtK(Callback):
 
     # ----- computing ------------------------------------------------------------------------
 
-    def compute(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, torch.Tensor]:
+    def compute(self, trainer: pl.Trainer, pl_module: pl.LightningModule
+                ) -> dict[str, torch.Tensor]:
         """Ranks per direction over the whole split, identical on every rank."""
         cols = {f: torch.cat([o[f] for o in self._outputs]) for f in FIELDS}
         world = trainer.world_size

@@ -1,0 +1,1 @@
+"""Benchmarks (`make bench`): each figure is a ratio against a reference from the same run."""
