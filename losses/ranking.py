@@ -7,9 +7,11 @@ embedding is the negative cosine similarity, and each anchor is pushed away from
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
-__all__ = ["inter_modal_ranking_loss"]
+__all__ = ["inter_modal_ranking_loss", "triplet_ranking_loss_with_margins"]
 
 
 def _check_pair_batch(music_emb: torch.Tensor, video_emb: torch.Tensor) -> int:
@@ -81,3 +83,102 @@ def inter_modal_ranking_loss(
     loss_mv = _hardest_negative_hinge(dist, num_neg, margin)
     loss_vm = _hardest_negative_hinge(dist.T, num_neg, margin)
     return loss_mv, loss_vm
+
+
+# ----------------------------------------------------------------------------- per-pair margins
+
+
+def _autocast_off(device: torch.device) -> contextlib.AbstractContextManager:
+    """Disable autocast (e.g. Lightning's bf16-mixed) so the loss really runs in float32."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _hardest_negative_hinge_margins(
+    dist: torch.Tensor, num_neg: int, margins: list[torch.Tensor]
+) -> list[torch.Tensor]:
+    """Like ``_hardest_negative_hinge`` but with [N, N] per-(anchor, negative) margins.
+
+    The ``num_neg`` negatives of each row are chosen by distance alone (smallest first, the
+    diagonal excluded), exactly as in ``_hardest_negative_hinge``; then each margin matrix is
+    read at the chosen (row, column) entries. One selection serves every margin matrix.
+    """
+    n = dist.shape[0]
+    positive = dist.diagonal().unsqueeze(1)  # [N, 1]
+    eye = torch.eye(n, dtype=torch.bool, device=dist.device)
+    masked = dist.masked_fill(eye, float("inf"))
+    idx = masked.topk(num_neg, dim=1, largest=False).indices  # [N, Q]
+    hardest = dist.gather(1, idx)  # differentiable, same values as topk's
+    return [torch.clamp(m.gather(1, idx) + positive - hardest, min=0.0).mean() for m in margins]
+
+
+def _check_margins(m: torch.Tensor, n: int, name: str) -> torch.Tensor:
+    if tuple(m.shape) != (n, n):
+        raise ValueError(
+            f"triplet_ranking_loss_with_margins: {name} must be [N, N] = [{n}, {n}], "
+            f"got {list(m.shape)}"
+        )
+    return m.detach().float()
+
+
+def _triplet_with_margin_sets(
+    music_emb: torch.Tensor,
+    video_emb: torch.Tensor,
+    margins_mv: list[torch.Tensor],
+    margins_vm: list[torch.Tensor],
+    num_negatives: int,
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Shared body: one distance matrix and one hardest-negative selection per direction."""
+    if music_emb.dim() != 2 or video_emb.dim() != 2 or music_emb.shape != video_emb.shape:
+        raise ValueError(
+            "triplet_ranking_loss_with_margins expects music and video embeddings of the same "
+            f"shape [N, D], got music={tuple(music_emb.shape)} video={tuple(video_emb.shape)}"
+        )
+    n = music_emb.shape[0]
+    if n < 2:
+        raise ValueError(
+            f"triplet_ranking_loss_with_margins needs at least 2 pairs (N >= 2), got N={n}"
+        )
+    if num_negatives < 1:
+        raise ValueError(f"num_negatives must be >= 1, got {num_negatives}")
+    num_neg = min(int(num_negatives), n - 1)
+    mv = [_check_margins(m, n, "margins_mv") for m in margins_mv]
+    vm = [_check_margins(m, n, "margins_vm") for m in margins_vm]
+    with _autocast_off(music_emb.device):
+        dist = -(music_emb.float() @ video_emb.float().T)  # [N_music, N_video]
+        return (
+            _hardest_negative_hinge_margins(dist, num_neg, mv),
+            _hardest_negative_hinge_margins(dist.T, num_neg, vm),
+        )
+
+
+def triplet_ranking_loss_with_margins(
+    music_emb: torch.Tensor,
+    video_emb: torch.Tensor,
+    margins_mv: torch.Tensor,
+    margins_vm: torch.Tensor,
+    num_negatives: int = 100,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``inter_modal_ranking_loss`` with a per-(anchor, negative) margin instead of a scalar.
+
+    Args:
+        music_emb: [N, D] L2-normalised music embeddings; row i pairs with ``video_emb[i]``.
+        video_emb: [N, D] L2-normalised video embeddings.
+        margins_mv: [N, N]; entry [i, k] is the margin for music anchor i against video
+            negative k. Detached (margins carry no gradient); the diagonal is never read.
+        margins_vm: [N, N]; entry [i, k] is the margin for video anchor i against music
+            negative k.
+        num_negatives: Q, clipped to N - 1. The Q negatives of each anchor are the ones with
+            the smallest distance D = -cos, chosen exactly as in ``inter_modal_ranking_loss``
+            (independent of the margins).
+
+    Returns:
+        ``(loss_music_to_video, loss_video_to_music)``, float32 scalars: the mean over the
+        N * Q selected (anchor, negative) terms of ``max(0, m[i, k] + D[i, i] - D[i, k])``.
+        With constant margin matrices this equals ``inter_modal_ranking_loss``.
+    """
+    (mv,), (vm,) = _triplet_with_margin_sets(
+        music_emb, video_emb, [margins_mv], [margins_vm], num_negatives
+    )
+    return mv, vm
