@@ -104,7 +104,8 @@ def _checked(item: Item, name: str, spec: ModalitySpec) -> np.ndarray:
     arr = np.asarray(item.arrays[name])
     if arr.ndim != 2 or arr.shape[1] != spec.dim:
         raise DataError(
-            f"item {item.id}: '{name}' features have shape {arr.shape}, expected (frames, {spec.dim})"
+            f"item {item.id}: '{name}' features have shape {arr.shape}, "
+            f"expected (frames, {spec.dim})"
         )
     target = np.dtype(spec.dtype)
     if np.issubdtype(target, np.integer) and arr.dtype != target and arr.size:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datamodules.atomic import write_text
+from datamodules.atomic import atomic_directory, write_text
 from datamodules.base import StoreDataModule
 from datamodules.errors import DataError
 from datamodules.feature_store import SPLITS, Item, ModalitySpec, read_meta, write_store
@@ -40,6 +40,7 @@ MUSIC_DIM = 1140
 VIDEO_DIM = 1024
 ID_FILE = "Youtube_ID.txt"
 _ID = re.compile(r"^[A-Za-z0-9_-]+$")
+_NPY_MAGIC = np.lib.format.MAGIC_PREFIX
 _URL_ID = re.compile(r"(?:[?&]v=|youtu\.be/|/embed/|/shorts/|/v/)([A-Za-z0-9_-]+)")
 
 
@@ -52,10 +53,19 @@ def parse_youtube_id(text: str) -> str | None:
     return m.group(1) if m else None
 
 
+def _lines(path: Path) -> list[tuple[int, str]]:
+    """Numbered lines of a text list (UTF-8, with or without a BOM; any line endings)."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    return list(enumerate(text.splitlines(), start=1))
+
+
 def read_youtube_ids(path: Path) -> list[str]:
     ids: list[str] = []
     seen: set[str] = set()
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+    for lineno, line in _lines(path):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         vid = parse_youtube_id(line)
@@ -78,6 +88,11 @@ def load_or_create_splits(
         missing = ", ".join(f"{s}.txt" for s in SPLITS if s not in present)
         raise DataError(f"{folder}: missing split file(s) {missing} (found {', '.join(present)})")
     if not present:
+        if val_size < 1 or test_size < 1:
+            raise DataError(
+                f"{folder}: no split files, and val_size={val_size}, test_size={test_size} "
+                "cannot create them (both must be >= 1)"
+            )
         if val_size + test_size >= len(ids):
             raise DataError(
                 f"{root / ID_FILE}: {len(ids)} ids cannot make val_size={val_size} and "
@@ -89,25 +104,39 @@ def load_or_create_splits(
             "val": ids[n - val_size - test_size : n - test_size],
             "test": ids[n - test_size :],
         }
-        for split, members in splits.items():
-            write_text(folder / f"{split}.txt", "".join(f"{i}\n" for i in members))
+        _write_splits(folder, splits)
         log.info("himv200k: created %s (last %d ids test, %d before them val)", folder,
                  test_size, val_size)
         return splits
     known = set(ids)
     splits = {}
+    where: dict[str, str] = {}  # id -> "file:line" of its first mention
     for split in SPLITS:
         path = folder / f"{split}.txt"
         members = []
-        for lineno, line in enumerate(path.read_text().splitlines(), start=1):
-            if not line.strip():
+        for lineno, line in _lines(path):
+            if not line.strip() or line.lstrip().startswith("#"):
                 continue
             vid = parse_youtube_id(line)
             if vid is None or vid not in known:
                 raise DataError(f"{path}:{lineno}: id {line.strip()!r} is not in {ID_FILE}")
+            if vid in where:
+                raise DataError(f"{path}:{lineno}: id {vid} is already listed at {where[vid]}")
+            where[vid] = f"{path}:{lineno}"
             members.append(vid)
         splits[split] = members
     return splits
+
+
+def _write_splits(folder: Path, splits: dict[str, list[str]]) -> None:
+    """All split files or none: a crash must not leave a partial splits/ folder."""
+    if folder.exists():  # may hold other files: write next to them, one file at a time
+        for split, members in splits.items():
+            write_text(folder / f"{split}.txt", "".join(f"{i}\n" for i in members))
+        return
+    with atomic_directory(folder) as tmp:
+        for split, members in splits.items():
+            (tmp / f"{split}.txt").write_text("".join(f"{i}\n" for i in members))
 
 
 def load_feature(path: Path, dim: int, vid: str) -> np.ndarray:
@@ -116,16 +145,20 @@ def load_feature(path: Path, dim: int, vid: str) -> np.ndarray:
         if path.suffix == ".pkl":
             arr = load_array_pickle(path)
         else:
+            with open(path, "rb") as f:
+                if f.read(len(_NPY_MAGIC)) != _NPY_MAGIC:
+                    raise DataError(f"{path}: not a NumPy .npy file (corrupt or wrong format)")
             arr = np.load(path, allow_pickle=False)
     except DataError:
         raise
     except Exception as e:  # numpy raises several types for corrupt files
         raise DataError(f"{path}: cannot read features ({type(e).__name__}: {e})") from None
     arr = np.asarray(arr)
+    shape = arr.shape
     if arr.ndim == 1:
         arr = arr[None, :]
     if arr.ndim != 2 or arr.shape[1] != dim or arr.shape[0] == 0:
-        raise DataError(f"{path}: expected shape ({dim},) or (frames, {dim}), got {arr.shape}")
+        raise DataError(f"{path}: expected shape ({dim},) or (frames, {dim}), got {shape}")
     if not np.issubdtype(arr.dtype, np.number):
         raise DataError(f"{path}: expected numeric features, got dtype {arr.dtype}")
     arr = arr.astype(np.float32)
@@ -150,7 +183,9 @@ def fingerprint(root: Path, splits: dict[str, list[str]]) -> str:
     for modality in ("music", "video"):
         folder = root / "features" / modality
         if folder.is_dir():
-            entries = sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in os.scandir(folder))
+            entries = sorted(
+                (e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in os.scandir(folder)
+            )
             h.update(json.dumps(entries).encode())
     return h.hexdigest()
 
@@ -234,6 +269,7 @@ class HIMV200KDataModule(StoreDataModule):
     def ensure_store(self) -> Path:
         if self.synthetic is not None:
             self._ensure_synthetic()
+        _require_id_file(self.root)  # a clear error before any "packing" message
         if not store_is_current(self.root, self.store_path, self.val_size, self.test_size):
             log.info("himv200k: packing %s into %s", self.root, self.store_path)
             pack_himv200k(self.root, self.store_path, self.val_size, self.test_size)
@@ -245,14 +281,20 @@ class HIMV200KDataModule(StoreDataModule):
 
         settings = dict(self.synthetic or {})
         missing = settings.pop("missing", 0.0)
-        spec = PlantedSpec(**settings)
+        try:
+            spec = PlantedSpec(**settings)
+        except (TypeError, ValueError) as e:
+            raise DataError(f"data.synthetic: {e}") from None
         wanted = {"dataset": "himv200k", "missing": missing, **dataclasses.asdict(spec)}
         marker = self.root / "synth.json"
-        if self.root.exists():
+        if self.root.exists() and any(self.root.iterdir()):
             if not marker.exists():
                 return  # real data: never overwrite it
-            have = json.loads(marker.read_text())
-            if {k: have.get(k) for k in wanted} == wanted:
+            try:
+                have = json.loads(marker.read_text())
+            except (OSError, ValueError):
+                have = {}
+            if isinstance(have, dict) and {k: have.get(k) for k in wanted} == wanted:
                 return
             log.info("himv200k: synthetic settings changed; regenerating %s", self.root)
         write_himv200k(spec, self.root, missing=missing)

@@ -29,7 +29,9 @@ class PairDataset(Dataset):
         self.music_ids = [r["music_id"] for r in split.rows]
         # Integer keys let evaluation de-duplicate galleries (a song used by several videos)
         # and gather ids across processes as tensors.
-        self.video_keys = torch.from_numpy(np.unique(self.ids, return_inverse=True)[1].astype(np.int64))
+        self.video_keys = torch.from_numpy(
+            np.unique(self.ids, return_inverse=True)[1].astype(np.int64)
+        )
         self.music_keys = torch.from_numpy(
             np.unique(self.music_ids, return_inverse=True)[1].astype(np.int64)
         )
@@ -75,4 +77,5 @@ class PairDataset(Dataset):
         if spec.dequantize is not None:
             scale, offset = spec.dequantize
             x = x * np.float32(scale) + np.float32(offset)
+            x[~mask] = 0.0  # padding stays zero, not the dequantised code 0
         return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(mask)

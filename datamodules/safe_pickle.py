@@ -33,10 +33,14 @@ _ALLOWED = {
 }
 
 
+class _ForbiddenGlobal(pickle.UnpicklingError):
+    """The pickle names a global that a pickled feature array never needs."""
+
+
 class _ArrayUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if (module, name) not in _ALLOWED:
-            raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")
+            raise _ForbiddenGlobal(f"{module}.{name}")
         module = module.replace("numpy.core.", "numpy._core.")
         module = {"copy_reg": "copyreg", "__builtin__": "builtins"}.get(module, module)
         return super().find_class(module, name)
@@ -47,6 +51,11 @@ def load_array_pickle(path: str | Path) -> np.ndarray:
     try:
         with open(path, "rb") as f:
             obj = _ArrayUnpickler(f, encoding="latin1").load()
+    except _ForbiddenGlobal as e:
+        raise DataError(
+            f"{path}: refusing to load pickle: it references {e}, which a NumPy feature "
+            "array never needs (nothing was executed)"
+        ) from None
     except Exception as e:
         raise DataError(f"{path}: corrupt pickle ({type(e).__name__}: {e})") from None
     try:

@@ -8,6 +8,8 @@
 
 Bad input exits with code 2 and one line naming the file, key or value; `--debug` shows
 the traceback instead. Heavy imports happen inside each command so `vmr --help` is quick.
+Messages of the "vmr" logger go to stdout (warnings to stderr), so that stderr carries
+only problems.
 """
 
 from __future__ import annotations
@@ -24,6 +26,25 @@ from lightning_app.errors import USER_ERRORS, ConfigError
 DATASETS = ("himv200k",)
 
 
+class _ConsoleHandler(logging.Handler):
+    """INFO to stdout, WARNING and above to stderr; the streams are looked up per record."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        stream = sys.stderr if record.levelno >= logging.WARNING else sys.stdout
+        try:
+            stream.write(self.format(record) + "\n")
+            stream.flush()
+        except Exception:
+            self.handleError(record)
+
+
+def _setup_logging() -> None:
+    log = logging.getLogger("vmr")
+    log.setLevel(logging.INFO)
+    if not any(isinstance(h, _ConsoleHandler) for h in log.handlers):
+        log.addHandler(_ConsoleHandler())
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from lightning_app.config import load_config
 
@@ -38,7 +59,8 @@ def _cmd_experiments(args: argparse.Namespace) -> int:
     from lightning_app.config import EXPERIMENTS_DIR, experiment_names
 
     for name in experiment_names():
-        first = (EXPERIMENTS_DIR / f"{name}.yaml").read_text().splitlines()[0]
+        lines = (EXPERIMENTS_DIR / f"{name}.yaml").read_text().splitlines()
+        first = lines[0] if lines else ""
         print(f"{name:<24} {first.lstrip('# ').strip()}")
     return 0
 
@@ -96,8 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val", type=int, default=1000, help="validation pairs")
     p.add_argument("--test", type=int, default=1000, help="test pairs")
     p.add_argument("--styles", type=int, default=16, help="style clusters")
-    p.add_argument("--tau", type=float, default=0.6, help="within-style spread (small: many false negatives)")
-    p.add_argument("--noise", type=float, default=0.0, help="label-noise fraction of training pairs")
+    p.add_argument("--tau", type=float, default=0.6,
+                   help="within-style spread (small: many false negatives)")
+    p.add_argument("--noise", type=float, default=0.0,
+                   help="label-noise fraction of training pairs")
     p.add_argument("--missing", type=float, default=0.0, help="fraction of ids without features")
     p.add_argument("--frames", type=int, default=12, help="frames per sequence before pooling")
     p.add_argument("--span", type=float, default=0.5, help="mean salient fraction of video frames")
@@ -126,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    _setup_logging()
     # Lightning 2.6 against torch 2.11 warns about its own pytree use at every step.
     warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec.*")
     try:

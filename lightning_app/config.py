@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -115,10 +115,12 @@ class TrainerConfig:
     num_nodes: int = 1
     strategy: str = "auto"
     precision: Any = "32-true"
-    gradient_clip_val: Optional[float] = None
+    gradient_clip_val: float | None = None
     check_val_every_n_epoch: int = 1
     log_every_n_steps: int = 10
-    limit_train_batches: Optional[float] = None
+    # As in Lightning: an int is a number of batches, a float in [0, 1] a fraction (a typed
+    # float field would turn `=10` into 10.0, which Lightning rejects).
+    limit_train_batches: Any = None
     deterministic: bool = False
     enable_progress_bar: bool = True
 
@@ -144,7 +146,7 @@ class WandbConfig:
     # auto: online when WANDB_API_KEY is set, otherwise offline.
     mode: str = choice("auto", ("auto", "online", "offline", "disabled"))
     project: str = "vmr"
-    entity: Optional[str] = None
+    entity: str | None = None
     tags: list[str] = field(default_factory=list)
 
 
@@ -179,6 +181,8 @@ def load_config(
     """Merge base.yaml, NAME.yaml and `key=value` overrides into a validated `Config`."""
     experiments_dir = Path(experiments_dir or EXPERIMENTS_DIR)
     names = experiment_names(experiments_dir)
+    if not names:
+        raise ConfigError(f"unknown experiment '{name}': no experiments in {experiments_dir}")
     if name not in names:
         raise ConfigError(f"unknown experiment '{name}' (choose from: {', '.join(names)})")
     layers: list[tuple[str, dict]] = []
@@ -217,22 +221,52 @@ def to_yaml(cfg: Config) -> str:
 def validate(cfg: Config) -> None:
     """Choices from field metadata, then value ranges that types cannot express."""
     _check_choices(cfg, "")
+    d, syn, t = cfg.data, cfg.data.synthetic, cfg.trainer
     checks = [
-        ("data.batch_size", cfg.data.batch_size > 0, "must be > 0"),
-        ("data.eval_batch_size", cfg.data.eval_batch_size > 0, "must be > 0"),
-        ("data.num_workers", cfg.data.num_workers >= 0, "must be >= 0"),
-        ("data.synthetic.noise", 0.0 <= cfg.data.synthetic.noise < 1.0, "must be in [0, 1)"),
-        ("data.synthetic.missing", 0.0 <= cfg.data.synthetic.missing < 1.0, "must be in [0, 1)"),
+        ("data.batch_size", d.batch_size > 0, "must be > 0"),
+        ("data.eval_batch_size", d.eval_batch_size > 0, "must be > 0"),
+        ("data.num_workers", d.num_workers >= 0, "must be >= 0"),
+        ("data.val_size", d.val_size >= 1, "must be >= 1"),
+        ("data.test_size", d.test_size >= 1, "must be >= 1"),
+        ("data.synthetic.val", syn.val >= 1, "must be >= 1"),
+        ("data.synthetic.test", syn.test >= 1, "must be >= 1"),
+        ("data.synthetic.pairs", syn.pairs > syn.val + syn.test,
+         f"must be > data.synthetic.val + data.synthetic.test = {syn.val + syn.test}"),
+        ("data.synthetic.styles", syn.styles >= 1, "must be >= 1"),
+        ("data.synthetic.frames", syn.frames >= 1, "must be >= 1"),
+        ("data.synthetic.span", 0.0 < syn.span <= 1.0, "must be in (0, 1]"),
+        ("data.synthetic.tau", syn.tau >= 0.0, "must be >= 0"),
+        ("data.synthetic.feature_noise", syn.feature_noise >= 0.0, "must be >= 0"),
+        ("data.synthetic.noise", 0.0 <= syn.noise < 1.0, "must be in [0, 1)"),
+        ("data.synthetic.missing", 0.0 <= syn.missing < 1.0, "must be in [0, 1)"),
         ("optim.lr", cfg.optim.lr > 0, "must be > 0"),
+        ("optim.weight_decay", cfg.optim.weight_decay >= 0, "must be >= 0"),
+        ("optim.warmup_steps", cfg.optim.warmup_steps >= 0, "must be >= 0"),
         ("loss.num_negatives", cfg.loss.num_negatives > 0, "must be > 0"),
         ("loss.structure_k", cfg.loss.structure_k >= 2, "must be >= 2"),
-        ("eval.ks", bool(cfg.eval.ks) and min(cfg.eval.ks) >= 1, "must be a non-empty list of k >= 1"),
+        ("eval.ks", bool(cfg.eval.ks) and min(cfg.eval.ks) >= 1,
+         "must be a non-empty list of k >= 1"),
         ("eval.chunk_size", cfg.eval.chunk_size > 0, "must be > 0"),
-        ("trainer.max_epochs", cfg.trainer.max_epochs > 0, "must be > 0"),
+        ("eval.curve_max_k", cfg.eval.curve_max_k >= 1, "must be >= 1"),
+        ("trainer.max_epochs", t.max_epochs > 0, "must be > 0"),
+        ("trainer.num_nodes", t.num_nodes >= 1, "must be >= 1"),
+        ("trainer.check_val_every_n_epoch", t.check_val_every_n_epoch >= 1, "must be >= 1"),
+        ("trainer.log_every_n_steps", t.log_every_n_steps >= 1, "must be >= 1"),
+        ("trainer.limit_train_batches", _is_batch_limit(t.limit_train_batches),
+         "must be empty, a number of batches (int >= 0) or a fraction in [0.0, 1.0]"),
+        ("checkpoint.save_top_k", cfg.checkpoint.save_top_k >= -1, "must be >= -1"),
     ]
     for key, ok, why in checks:
         if not ok:
             raise ConfigError(f"config: '{key}' {why} (got {_get(cfg, key)!r})")
+
+
+def _is_batch_limit(x: Any) -> bool:
+    if x is None:
+        return True
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return False
+    return x >= 0 if isinstance(x, int) else 0.0 <= x <= 1.0
 
 
 def _get(obj: Any, dotted: str) -> Any:
@@ -271,11 +305,13 @@ def _parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict:
     try:
         return OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)))  # type: ignore[return-value]
     except OmegaConfBaseException as e:
-        raise ConfigError(f"command line: cannot parse overrides ({str(e).splitlines()[0]})") from None
+        msg = str(e).splitlines()[0]
+        raise ConfigError(f"command line: cannot parse overrides ({msg})") from None
 
 
 def _check_keys(schema: DictConfig, layer: dict, source: str, prefix: str) -> None:
-    for key, value in layer.items():
+    """Raise on keys the schema lacks; drop empty sections (`data:` with all keys commented)."""
+    for key, value in list(layer.items()):
         dotted = f"{prefix}{key}"
         if key not in schema:
             valid = ", ".join(sorted(str(k) for k in schema.keys()))
@@ -283,6 +319,9 @@ def _check_keys(schema: DictConfig, layer: dict, source: str, prefix: str) -> No
             raise ConfigError(f"{source}: unknown key '{dotted}' (valid keys {where}: {valid})")
         child = schema._get_node(key)
         if isinstance(child, DictConfig) and child._is_none() is False:
+            if value is None:
+                del layer[key]
+                continue
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: '{dotted}' must be a mapping, got {value!r}")
             _check_keys(child, value, source, prefix=f"{dotted}.")

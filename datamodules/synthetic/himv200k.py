@@ -7,7 +7,8 @@
     <out>/truth.tsv, <out>/synth.json   hidden truth and the generator settings
 
 A fraction `missing` of ids gets no feature files, as deleted YouTube videos do in the
-real list. The folder is written atomically.
+real list. The folder is written atomically and replaces an earlier synthetic folder, but
+never a folder of other data (one without synth.json).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from datamodules.atomic import atomic_directory
+from datamodules.errors import DataError
 from datamodules.synthetic.planted import PlantedBenchmark, PlantedSpec
 from datamodules.synthetic.truth import TRUTH_FILE, truth_tsv
 
@@ -38,10 +40,18 @@ def write_himv200k(
         spec = dataclasses.replace(spec, music_dim=1140, video_dim=1024)
     if music_format not in ("npy", "pkl"):
         raise ValueError(f"music_format must be 'npy' or 'pkl', got {music_format!r}")
+    if not 0.0 <= missing < 1.0:
+        raise ValueError(f"missing={missing} must be in [0, 1)")
+    out = Path(out)
+    if out.exists() and not (out / "synth.json").exists():
+        if not out.is_dir() or any(out.iterdir()):
+            raise DataError(
+                f"{out}: exists and is not a synthetic dataset (no synth.json); "
+                "refusing to replace it, choose another --out"
+            )
     bench = PlantedBenchmark(spec)
     n = spec.pairs
     drop = np.random.default_rng([spec.seed, 99]).random(n) < missing
-    out = Path(out)
     with atomic_directory(out) as tmp:
         (tmp / "splits").mkdir()
         music_dir, video_dir = tmp / "features" / "music", tmp / "features" / "video"

@@ -48,6 +48,8 @@ class PlantedSpec:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if min(self.val, self.test) < 1:
+            raise ValueError(f"val={self.val} and test={self.test} must both be >= 1")
         if self.val + self.test >= self.pairs:
             raise ValueError(
                 f"pairs={self.pairs} leaves no training pairs after val={self.val} "
@@ -59,6 +61,15 @@ class PlantedSpec:
             raise ValueError(f"span={self.span} must be in (0, 1]")
         if min(self.styles, self.music_frames, self.video_frames) < 1:
             raise ValueError("styles and frame counts must be >= 1")
+        if self.tau < 0 or self.feature_noise < 0:
+            raise ValueError(
+                f"tau={self.tau} and feature_noise={self.feature_noise} must be >= 0"
+            )
+        dims = (self.content_dim, self.hidden_dim, self.music_dim, self.video_dim)
+        if min(dims) < 1:
+            raise ValueError("content_dim, hidden_dim, music_dim and video_dim must be >= 1")
+        if self.text and min(self.text_vocab, self.text_style_tokens, self.text_length) < 1:
+            raise ValueError("text_vocab, text_style_tokens and text_length must be >= 1")
 
 
 # Stream ids keep the components independent of each other.
@@ -114,6 +125,7 @@ class PlantedBenchmark:
             0.0, 1.0, (n, s.content_dim)
         )
         self.music_source = self._make_label_noise(rng("noise"))
+        self.style_vocab: np.ndarray | None = None  # [styles, text_style_tokens] token ids
         self.text = self._make_text(rng("text")) if s.text else None
 
     def _rng(self, component: str) -> np.random.Generator:
@@ -148,6 +160,10 @@ class PlantedBenchmark:
             noisy = rng.choice(train, n_noisy, replace=False)
             # A cyclic shift of a random order is a derangement: nobody keeps their own music.
             source[noisy] = np.roll(noisy, 1)
+        elif n_noisy == 1 and len(train) >= 2:
+            # One pair cannot swap with itself: it gets the music of another training pair.
+            i, j = rng.choice(train, 2, replace=False)
+            source[i] = j
         return source
 
     @property
@@ -157,6 +173,7 @@ class PlantedBenchmark:
     def _make_text(self, rng: np.random.Generator) -> list[str]:
         s = self.spec
         style_vocab = rng.integers(0, s.text_vocab, (s.styles, s.text_style_tokens))
+        self.style_vocab = style_vocab
         n_style = (s.text_length + 1) // 2
         texts = []
         for g in self.style:
@@ -173,7 +190,8 @@ class PlantedBenchmark:
     def _video_hidden_frames(self, idx: np.ndarray) -> np.ndarray:
         """[len(idx), T, H]: salient content inside the span, the distractor outside."""
         t = np.arange(self.spec.video_frames)
-        inside = (t >= self.span_start[idx, None]) & (t < (self.span_start + self.span_length)[idx, None])
+        start = self.span_start[idx, None]
+        inside = (t >= start) & (t < start + self.span_length[idx, None])
         salient = self.video_map.hidden(self.content[idx])[:, None, :]
         distract = self.video_map.hidden(self.distractor[idx])[:, None, :]
         return np.where(inside[..., None], salient, distract)
@@ -204,13 +222,15 @@ class PlantedBenchmark:
         """Mean over frames of `music_frames`, drawn directly: [len(idx), Dm]."""
         src = self.music_source[idx]
         clean = self.music_map.output(self.music_map.hidden(self.content[src]))
-        noise = self._noise("music_noise", idx, (self.spec.music_dim,)) / np.sqrt(self.spec.music_frames)
+        noise = self._noise("music_noise", idx, (self.spec.music_dim,))
+        noise /= np.sqrt(self.spec.music_frames)
         return (clean + noise * self.music_map.scale).astype(np.float32)
 
     def video_vectors(self, idx: np.ndarray) -> np.ndarray:
         """Mean over frames of `video_frames`, drawn directly: [len(idx), Dv]."""
         clean = self.video_map.output(self._video_hidden_frames(idx).mean(axis=1))
-        noise = self._noise("video_noise", idx, (self.spec.video_dim,)) / np.sqrt(self.spec.video_frames)
+        noise = self._noise("video_noise", idx, (self.spec.video_dim,))
+        noise /= np.sqrt(self.spec.video_frames)
         return (clean + noise * self.video_map.scale).astype(np.float32)
 
     def truth_rows(self) -> list[dict]:

@@ -1,0 +1,39 @@
+"""Shared pytest fixtures.
+
+Data-layer fixtures (small planted synthetic HIMV-200K folders) are prefixed `himv_` /
+`make_himv_`. Everything is written under pytest's tmp_path, never into data/ or runs/.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from datamodules.synthetic.himv200k import write_himv200k
+from datamodules.synthetic.planted import PlantedSpec
+
+# Small enough to write and pack in well under a second.
+HIMV_PAIRS, HIMV_VAL, HIMV_TEST = 300, 50, 50
+
+
+@pytest.fixture
+def himv_spec() -> PlantedSpec:
+    return PlantedSpec(pairs=HIMV_PAIRS, val=HIMV_VAL, test=HIMV_TEST, seed=0)
+
+
+@pytest.fixture
+def make_himv_root(tmp_path: Path, himv_spec: PlantedSpec) -> Callable[..., Path]:
+    """make_himv_root(name="himv", spec=None, missing=0.0, music_format="npy") -> folder."""
+
+    def make(name: str = "himv", spec: PlantedSpec | None = None, **kwargs) -> Path:
+        return write_himv200k(spec or himv_spec, tmp_path / name, progress=False, **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def himv_root(make_himv_root: Callable[..., Path]) -> Path:
+    """A small synthetic HIMV-200K folder (300 pairs: 200 train, 50 val, 50 test)."""
+    return make_himv_root()
