@@ -15,6 +15,7 @@ only problems.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import warnings
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from lightning_app.errors import USER_ERRORS, ConfigError
 
-DATASETS = ("himv200k",)
+DATASETS = ("himv200k", "youtube8m")
 
 
 class _ConsoleHandler(logging.Handler):
@@ -78,15 +79,29 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         raise ConfigError(f"vmr synth: {e}") from None
     if not 0.0 <= args.missing < 1.0:
         raise ConfigError(f"vmr synth: --missing={args.missing} must be in [0, 1)")
-    out = write_himv200k(spec, args.out, missing=args.missing, music_format=args.music_format)
+    if args.dataset == "youtube8m":
+        from datamodules.synthetic.youtube8m import write_youtube8m
+
+        spec = dataclasses.replace(spec, music_dim=128, video_dim=1024)
+        out = write_youtube8m(spec, args.out, shards=args.shards, text=args.text,
+                              non_music=args.non_music, missing=args.missing)
+    else:
+        out = write_himv200k(spec, args.out, missing=args.missing, music_format=args.music_format)
     print(f"wrote synthetic {args.dataset} ({args.pairs} pairs, seed {args.seed}) to {out}")
     return 0
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
-    from datamodules.himv200k import pack_himv200k
+    if args.dataset == "youtube8m":
+        from datamodules.youtube8m import prepare_youtube8m
 
-    out = pack_himv200k(args.src, args.out, val_size=args.val_size, test_size=args.test_size)
+        labels = [int(x) if x.isdigit() else x for x in args.labels]
+        out = prepare_youtube8m(args.src, args.out, labels=labels, workers=args.workers,
+                                val_fraction=args.val_fraction, test_fraction=args.test_fraction)
+    else:
+        from datamodules.himv200k import pack_himv200k
+
+        out = pack_himv200k(args.src, args.out, val_size=args.val_size, test_size=args.test_size)
     print(f"packed {args.dataset} from {args.src} into {out}")
     return 0
 
@@ -129,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", action="store_true", help="also draw per-video text")
     p.add_argument("--music-format", choices=("npy", "pkl"), default="npy",
                    help="pkl writes the VM-NET authors' per-track pickles")
+    p.add_argument("--shards", type=int, default=4, help="youtube8m: TFRecord files per split")
+    p.add_argument("--non-music", type=float, default=0.25,
+                   help="youtube8m: extra records without the music-video label (fraction)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_synth)
 
@@ -138,6 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="store folder (default SRC/store)")
     p.add_argument("--val-size", type=int, default=4000, help="used only when SRC has no splits/")
     p.add_argument("--test-size", type=int, default=1000, help="used only when SRC has no splits/")
+    p.add_argument("--labels", nargs="+", default=["Music video"],
+                   help="youtube8m: label names (vocabulary.csv) or ids of the subset")
+    p.add_argument("--workers", type=int, default=2, help="youtube8m: files read in parallel")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="youtube8m: hash split when no official partition")
+    p.add_argument("--test-fraction", type=float, default=0.1)
     p.set_defaults(func=_cmd_prepare)
 
     p = sub.add_parser("compare", help="compare the metrics of finished runs")

@@ -43,11 +43,14 @@ class SynthConfig:
     span: float = 0.5
     feature_noise: float = 0.5
     seed: int = 0
+    # YouTube-8M format only: planted in-video text (II-CLVTM) and the number of TFRecord shards.
+    text: bool = False
+    shards: int = 4
 
 
 @dataclass
 class DataConfig:
-    dataset: str = choice("himv200k", ("himv200k",))
+    dataset: str = choice("himv200k", ("himv200k", "youtube8m"))
     root: str = "data/synthetic_himv200k"
     # Packed feature store; empty means `<root>/store`. Built by `vmr prepare` or on first use.
     store: str = ""
@@ -59,6 +62,13 @@ class DataConfig:
     # are the test split and the `val_size` before them the validation split.
     val_size: int = 4000
     test_size: int = 1000
+    # Sequence datasets (YouTube-8M): Global Sparse sampling takes one frame from each of
+    # `frames` equal segments (random in training, centred in evaluation).
+    frames: int = 32
+    # YouTube-8M: the music-video subset, by vocabulary name or label id.
+    labels: list[str] = field(default_factory=lambda: ["Music video"])
+    # Processes reading source files in parallel while packing the store.
+    prepare_workers: int = 2
     synthetic: SynthConfig = field(default_factory=SynthConfig)
 
 
@@ -79,9 +89,56 @@ class VMNetConfig:
 
 
 @dataclass
+class EncoderConfig:
+    kind: str = choice("transformer", ("transformer", "mean", "bilstm"))
+    d_model: int = 256
+    layers: int = 2
+    heads: int = 4
+    dropout: float = 0.1
+
+
+@dataclass
+class TextConfig:
+    """II-CLVTM's video-side text: raw text through a hashed-token encoder, or precomputed."""
+
+    enabled: bool = False
+    source: str = choice("hashed", ("hashed", "precomputed"))
+    buckets: int = 32768
+    max_tokens: int = 32
+    # Dimension of precomputed text embeddings (`text_emb` in the batch).
+    dim: int = 384
+
+
+@dataclass
+class IICLVMConfig:
+    video_dim: int = 1024
+    music_dim: int = 128
+    embed_dim: int = 256
+    video_encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    music_encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    temperature: float = 0.07
+    learnable_temperature: bool = True
+
+
+@dataclass
 class ModelConfig:
-    name: str = choice("vmnet", ("vmnet",))
+    name: str = choice("vmnet", ("vmnet", "iiclvm"))
     vmnet: VMNetConfig = field(default_factory=VMNetConfig)
+    iiclvm: IICLVMConfig = field(default_factory=IICLVMConfig)
+
+
+@dataclass
+class CMGSDConfig:
+    """CMGSD adaptive margin (reconstruction, METHODS.md): m = max(0, alpha + beta z(d))."""
+
+    fixed_margin: float = 0.1
+    alpha: float = 0.2
+    beta: float = 1.0
+    # lambda ramps 0 -> 1 over this many epochs (self-distillation terms phase in).
+    ramp_epochs: int = 5
+    # Use the frozen raw input features as CMGSD's static expert.
+    static: bool = True
 
 
 @dataclass
@@ -89,12 +146,28 @@ class LossConfig:
     """VM-NET: L = 3 L_mv + 1 L_vm + 0.2 L_struct(music) + 0.2 L_struct(video)."""
 
     num_negatives: int = 100
-    margin: float = 0.1
+    # A number, or "adaptive" for CMGSD's per-negative margins (settings in `cmgsd`).
+    margin: float | str = 0.1
     music_to_video_weight: float = 3.0
     video_to_music_weight: float = 1.0
     structure_k: int = 100
     structure_music_weight: float = 0.2
     structure_video_weight: float = 0.2
+    cmgsd: CMGSDConfig = field(default_factory=CMGSDConfig)
+
+
+@dataclass
+class IILossConfig:
+    """II-CLVM's inter-intra loss; weight 0 gives the plain contrastive baseline."""
+
+    weight: float = 1.0
+    variant: str = choice("mse", ("mse", "kl", "rank"))
+    video_weight: float = 1.0
+    music_weight: float = 1.0
+    text_weight: float = 1.0
+    # Softmax temperature of the `kl` variant; `k`: samples used by the `rank` variant.
+    temperature: float = 0.1
+    k: int = 100
 
 
 @dataclass
@@ -164,6 +237,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    ii_loss: IILossConfig = field(default_factory=IILossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -244,6 +318,18 @@ def validate(cfg: Config) -> None:
         ("optim.warmup_steps", cfg.optim.warmup_steps >= 0, "must be >= 0"),
         ("loss.num_negatives", cfg.loss.num_negatives > 0, "must be > 0"),
         ("loss.structure_k", cfg.loss.structure_k >= 2, "must be >= 2"),
+        ("loss.margin", cfg.loss.margin == "adaptive"
+         or (not isinstance(cfg.loss.margin, str) and cfg.loss.margin >= 0),
+         "must be a number >= 0 or 'adaptive'"),
+        ("loss.cmgsd.ramp_epochs", cfg.loss.cmgsd.ramp_epochs >= 0, "must be >= 0"),
+        ("ii_loss.weight", cfg.ii_loss.weight >= 0, "must be >= 0"),
+        ("ii_loss.temperature", cfg.ii_loss.temperature > 0, "must be > 0"),
+        ("ii_loss.k", cfg.ii_loss.k >= 2, "must be >= 2"),
+        ("model.iiclvm.temperature", cfg.model.iiclvm.temperature > 0, "must be > 0"),
+        ("data.frames", d.frames >= 1, "must be >= 1"),
+        ("data.labels", bool(d.labels), "must name at least one label"),
+        ("data.prepare_workers", d.prepare_workers >= 0, "must be >= 0"),
+        ("data.synthetic.shards", syn.shards >= 1, "must be >= 1"),
         ("eval.ks", bool(cfg.eval.ks) and min(cfg.eval.ks) >= 1,
          "must be a non-empty list of k >= 1"),
         ("eval.chunk_size", cfg.eval.chunk_size > 0, "must be > 0"),

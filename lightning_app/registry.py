@@ -7,9 +7,11 @@ from collections.abc import Callable
 
 from datamodules.base import StoreDataModule
 from datamodules.himv200k import HIMV200KDataModule
+from datamodules.youtube8m import YouTube8MDataModule
 from lightning_app.config import Config, SynthConfig
 from lightning_app.errors import ConfigError
 from models.base import RetrievalModule
+from models.iiclvm import IICLVM
 from models.vmnet import VMNet
 
 
@@ -31,20 +33,53 @@ def _himv200k(cfg: Config) -> StoreDataModule:
     )
 
 
-def _vmnet(cfg: Config, dims: dict[str, int]) -> RetrievalModule:
-    m = cfg.model.vmnet
-    expected = (("music", "music_dim", m.music_dim), ("video", "video_dim", m.video_dim))
+def _youtube8m(cfg: Config) -> StoreDataModule:
+    d = cfg.data
+    synthetic = None
+    if d.synthetic.enabled:
+        synthetic = synth_settings(d.synthetic)
+        synthetic.update(text=d.synthetic.text, shards=d.synthetic.shards)
+    # Label ids may be given as numbers; names are looked up in vocabulary.csv.
+    labels = [int(x) if str(x).isdigit() else str(x) for x in d.labels]
+    return YouTube8MDataModule(
+        d.root, d.store or None, batch_size=d.batch_size, eval_batch_size=d.eval_batch_size,
+        num_workers=d.num_workers, frames=d.frames, labels=labels, workers=d.prepare_workers,
+        synthetic=synthetic,
+    )
+
+
+def _check_dims(cfg: Config, section: str, expected: tuple, dims: dict[str, int]) -> None:
     for modality, key, want in expected:
         if dims.get(modality) != want:
             raise ConfigError(
-                f"config: model.vmnet.{key}={want} but the {cfg.data.dataset} store has "
+                f"config: model.{section}.{key}={want} but the {cfg.data.dataset} store has "
                 f"{modality} dimension {dims.get(modality)}"
             )
+
+
+def _iiclvm(cfg: Config, dims: dict[str, int]) -> RetrievalModule:
+    m = cfg.model.iiclvm
+    _check_dims(cfg, "iiclvm", (("music", "music_dim", m.music_dim),
+                                ("video", "video_dim", m.video_dim)), dims)
+    return IICLVM(dataclasses.asdict(m), dataclasses.asdict(cfg.ii_loss),
+                  dataclasses.asdict(cfg.optim))
+
+
+def _vmnet(cfg: Config, dims: dict[str, int]) -> RetrievalModule:
+    m = cfg.model.vmnet
+    _check_dims(cfg, "vmnet", (("music", "music_dim", m.music_dim),
+                               ("video", "video_dim", m.video_dim)), dims)
     return VMNet(dataclasses.asdict(m), dataclasses.asdict(cfg.loss), dataclasses.asdict(cfg.optim))
 
 
-DATAMODULES: dict[str, Callable[[Config], StoreDataModule]] = {"himv200k": _himv200k}
-MODELS: dict[str, Callable[[Config, dict[str, int]], RetrievalModule]] = {"vmnet": _vmnet}
+DATAMODULES: dict[str, Callable[[Config], StoreDataModule]] = {
+    "himv200k": _himv200k,
+    "youtube8m": _youtube8m,
+}
+MODELS: dict[str, Callable[[Config, dict[str, int]], RetrievalModule]] = {
+    "vmnet": _vmnet,
+    "iiclvm": _iiclvm,
+}
 
 
 def build_datamodule(cfg: Config) -> StoreDataModule:

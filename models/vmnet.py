@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from losses.margin import cmgsd_ranking_loss, lambda_ramp
 from losses.ranking import inter_modal_ranking_loss
 from losses.structure import soft_intra_modal_structure_loss
 from models.base import RetrievalModule
@@ -72,12 +73,32 @@ class VMNet(RetrievalModule):
     def encode_music(self, batch: dict[str, Any]) -> torch.Tensor:
         return F.normalize(self.music_net(self.music_input(batch)), dim=-1)
 
+    def ranking_loss(self, batch: dict[str, Any], video: torch.Tensor, music: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """(L_mv, L_vm, extra parts): a fixed margin, or CMGSD's adaptive margins."""
+        c = self.loss_cfg
+        if c["margin"] != "adaptive":
+            return (*inter_modal_ranking_loss(music, video, c["num_negatives"], c["margin"]), {})
+        m = c["cmgsd"]
+        lam = lambda_ramp(self.current_epoch, m["ramp_epochs"])
+        # The model's own single-modal features give the distances (margins carry no
+        # gradient); the frozen raw inputs stand in for CMGSD's static expert.
+        static = None
+        if m["static"]:
+            static = torch.cat([F.normalize(self.video_input(batch), dim=-1),
+                                F.normalize(self.music_input(batch), dim=-1)], dim=-1)
+        l_mv, l_vm = cmgsd_ranking_loss(
+            music, video, video.detach(), music.detach(), lam, c["num_negatives"],
+            m["fixed_margin"], m["alpha"], m["beta"], static_feats=static,
+        )
+        return l_mv, l_vm, {"cmgsd_lambda": torch.tensor(lam)}
+
     def loss(self, batch: dict[str, Any], video: torch.Tensor, music: torch.Tensor) -> dict:
         c = self.loss_cfg
-        l_mv, l_vm = inter_modal_ranking_loss(music, video, c["num_negatives"], c["margin"])
+        l_mv, l_vm, extra = self.ranking_loss(batch, video, music)
         s_music = soft_intra_modal_structure_loss(self.music_input(batch), music, c["structure_k"])
         s_video = soft_intra_modal_structure_loss(self.video_input(batch), video, c["structure_k"])
         total = (c["music_to_video_weight"] * l_mv + c["video_to_music_weight"] * l_vm
                  + c["structure_music_weight"] * s_music + c["structure_video_weight"] * s_video)
         return {"loss": total, "rank_mv": l_mv, "rank_vm": l_vm,
-                "struct_music": s_music, "struct_video": s_video}
+                "struct_music": s_music, "struct_video": s_video, **extra}

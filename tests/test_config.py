@@ -219,8 +219,10 @@ def test_unknown_choice_lists_the_valid_choices(override, key, cls, field):
 
 
 def test_choices_are_the_registered_ones():
-    assert _choices(ModelConfig, "name") == "vmnet"
-    assert _choices(DataConfig, "dataset") == "himv200k"
+    from lightning_app.registry import DATAMODULES, MODELS
+
+    assert _choices(ModelConfig, "name") == ", ".join(MODELS)
+    assert _choices(DataConfig, "dataset") == ", ".join(DATAMODULES)
 
 
 @pytest.mark.parametrize(

@@ -132,3 +132,27 @@ def test_checkpoint_reloads_with_weights_only(tmp_path):
     batch = make_batch()
     torch.testing.assert_close(loaded.encode_music(batch), m.eval().encode_music(batch))
     assert loaded.hparams["loss"]["margin"] == 0.1
+
+
+def test_adaptive_margin_routes_through_cmgsd_with_the_epoch_ramp():
+    from lightning_app.config import CMGSDConfig
+    from losses.margin import cmgsd_ranking_loss
+
+    torch.manual_seed(0)
+    loss_cfg = dataclasses.asdict(LossConfig(margin="adaptive", cmgsd=CMGSDConfig(ramp_epochs=4)))
+    m = VMNet(dataclasses.asdict(VMNetConfig()), loss_cfg, dataclasses.asdict(OptimConfig())).eval()
+    batch = make_batch(n=10)
+    v, mu = m.encode_video(batch), m.encode_music(batch)
+    import pytorch_lightning as pl
+
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, accelerator="cpu")
+    m.trainer = trainer
+    trainer.fit_loop.epoch_progress.current.completed = 2  # current_epoch = 2 -> lambda 0.5
+    parts = m.loss(batch, v, mu)
+    static = torch.cat([torch.nn.functional.normalize(batch["video"].mean(1), dim=-1),
+                        torch.nn.functional.normalize(batch["music"].mean(1), dim=-1)], dim=-1)
+    l_mv, l_vm = cmgsd_ranking_loss(mu, v, v.detach(), mu.detach(), 0.5, 100, 0.1, 0.2, 1.0,
+                                    static_feats=static)
+    assert float(parts["cmgsd_lambda"]) == 0.5
+    torch.testing.assert_close(parts["rank_mv"], l_mv)
+    torch.testing.assert_close(parts["rank_vm"], l_vm)

@@ -1,0 +1,107 @@
+"""Global Sparse (GS) sampling of frame sequences (II-CLVM; TSN-style).
+
+A sequence of `length` frames is cut into `n` equal segments, segment k being the integer
+frames [floor(k L / n), floor((k+1) L / n)); one frame is taken per segment: uniformly at
+random in training, the centre frame start + (end - start) // 2 in evaluation. Sequences
+shorter than `n` give all their frames in order, and the remaining slots are masked out
+(index 0, mask False).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import torch
+
+from datamodules.feature_store import StoreSplit
+from datamodules.pairs import PairDataset
+
+
+def global_sparse_batch(
+    lengths: np.ndarray, n: int, train: bool, rng: np.random.Generator | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Frame indices [B, n] int64 (relative to each sequence) and validity mask [B, n]."""
+    if n < 1:
+        raise ValueError(f"n={n} must be >= 1")
+    lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)
+    if (lengths < 0).any():
+        raise ValueError("sequence lengths must be >= 0")
+    k = np.arange(n, dtype=np.int64)[None, :]
+    L = lengths[:, None]
+    start = (k * L) // n
+    end = ((k + 1) * L) // n
+    if train:
+        if rng is None:
+            raise ValueError("training sampling needs a random generator")
+        u = rng.random((len(lengths), n))
+        sparse = start + np.minimum((u * (end - start)).astype(np.int64), end - start - 1)
+    else:
+        sparse = start + (end - start) // 2
+    short = L < n
+    dense = np.broadcast_to(k, sparse.shape)
+    idx = np.where(short, dense, sparse)
+    mask = np.where(short, dense < L, True)
+    idx = np.where(mask, idx, 0)
+    return idx.astype(np.int64), mask.astype(bool)
+
+
+def global_sparse_indices(
+    length: int, n: int, train: bool, rng: np.random.Generator | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Frame indices [n] int64 and mask [n] bool for one sequence of `length` frames."""
+    idx, mask = global_sparse_batch(np.array([length]), n, train, rng)
+    return idx[0], mask[0]
+
+
+class SparseFrameDataset(PairDataset):
+    """PairDataset that feeds `frames` GS-sampled frames per modality ([B, frames, D] + mask).
+
+    Training draws are random but reproducible: each DataLoader worker seeds its generator
+    from the worker seed torch derives from the global seed (new per epoch unless workers
+    are persistent, whose streams simply continue); without workers, from
+    `torch.initial_seed()`. Evaluation takes segment centres. Adds `text` (list[str], "" when
+    a row has none) when any row of the split carries text.
+    """
+
+    def __init__(self, split: StoreSplit, frames: int = 32, train: bool = False):
+        super().__init__(split)
+        if frames < 1:
+            raise ValueError(f"frames={frames} must be >= 1")
+        self.frames = frames
+        self.train = train
+        has_text = any("text" in r for r in split.rows)
+        self.texts = [str(r.get("text") or "") for r in split.rows] if has_text else None
+        self._rng: np.random.Generator | None = None
+        self._rng_owner: tuple | None = None
+
+    def _generator(self) -> np.random.Generator:
+        info = torch.utils.data.get_worker_info()
+        owner = (os.getpid(), info.id if info is not None else None)
+        if self._rng is None or self._rng_owner != owner:
+            seed = info.seed if info is not None else torch.initial_seed()
+            self._rng, self._rng_owner = np.random.default_rng(seed), owner
+        return self._rng
+
+    def __getitems__(self, indices: list[int]) -> dict[str, Any]:
+        batch = super().__getitems__(indices)
+        if self.texts is not None:
+            batch["text"] = [self.texts[i] for i in batch["index"].tolist()]
+        return batch
+
+    def _frames(self, modality: str, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        spec = self.split.modalities[modality]
+        arr = self.split.arrays[modality]
+        offsets = self.split.offsets[modality][idx]
+        lengths = self.split.lengths[modality][idx]
+        rng = self._generator() if self.train else None
+        rel, mask = global_sparse_batch(lengths, self.frames, self.train, rng)
+        x = np.zeros((len(idx), self.frames, spec.dim), dtype=np.float32)
+        if mask.any():
+            rows = offsets[:, None] + rel
+            x[mask] = arr[rows[mask]]
+        if spec.dequantize is not None:
+            scale, offset = spec.dequantize
+            x[mask] = x[mask] * np.float32(scale) + np.float32(offset)
+        return torch.from_numpy(x), torch.from_numpy(mask)
