@@ -36,11 +36,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from datamodules.base import StoreDataModule
 from datamodules.errors import DataError
 from datamodules.feature_store import SPLITS, Item, ModalitySpec, StoreSplit, read_meta, write_store
+from datamodules.progress import progress_bar
 from datamodules.sampling import SparseFrameDataset
 from datamodules.tfrecord import AUDIO_DIM, DEQUANTIZE, RGB_DIM, read_frame_level
 
@@ -164,7 +164,7 @@ def _scan_file(path: Path, spill: Path, label_ids: list[int]) -> _Scan:
 
 def _scan_all(files: list[Path], spill: Path, label_ids: list[int], workers: int,
               progress: bool) -> list[_Scan]:
-    bar = tqdm(total=len(files), desc="prepare youtube8m", unit="file", disable=not progress)
+    bar = progress_bar(progress, total=len(files), desc="prepare youtube8m", unit="file")
     try:
         if workers <= 1:
             scans = []

@@ -19,10 +19,10 @@ import pickle
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from datamodules.atomic import atomic_directory
 from datamodules.errors import DataError
+from datamodules.progress import progress_bar
 from datamodules.synthetic.planted import PlantedBenchmark, PlantedSpec
 from datamodules.synthetic.truth import TRUTH_FILE, truth_tsv
 
@@ -61,7 +61,7 @@ def write_himv200k(
         for split in ("train", "val", "test"):
             ids = [bench.ids[i] for i in np.flatnonzero(bench.split == split)]
             (tmp / "splits" / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
-        bar = tqdm(total=n, desc=f"synth himv200k -> {out}", unit="pair", disable=not progress)
+        bar = progress_bar(progress, total=n, desc=f"synth himv200k -> {out}", unit="pair")
         for start in range(0, n, CHUNK):
             idx = np.arange(start, min(n, start + CHUNK))
             music, video = bench.music_vectors(idx), bench.video_vectors(idx)

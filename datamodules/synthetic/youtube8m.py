@@ -27,10 +27,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from datamodules.atomic import atomic_directory
 from datamodules.errors import DataError
+from datamodules.progress import progress_bar
 from datamodules.synthetic.planted import PlantedBenchmark, PlantedSpec
 from datamodules.synthetic.truth import TRUTH_FILE, truth_tsv
 from datamodules.tfrecord import DEQUANTIZE, encode_sequence_example, frame_record
@@ -157,7 +157,7 @@ def write_youtube8m(
 
     with atomic_directory(out) as tmp:
         (tmp / "frame").mkdir()
-        bar = tqdm(total=n, desc=f"synth youtube8m -> {out}", unit="pair", disable=not progress)
+        bar = progress_bar(progress, total=n, desc=f"synth youtube8m -> {out}", unit="pair")
         for split, prefix in SPLIT_PREFIX.items():
             total = int((bench.split == split).sum() + (other_split == split).sum())
             per = -(-total // shards)  # records per file; the last files may hold fewer
