@@ -207,6 +207,35 @@ class EvalConfig:
 
 
 @dataclass
+class SelfTrainingConfig:
+    """Pseudo-label self-training rounds (SSVMR; reconstruction, METHODS.md)."""
+
+    enabled: bool = False
+    epochs_per_round: int = 4
+    rounds: int = 2
+    # A pair is flagged when its paired song ranks beyond this among all training songs.
+    rank_threshold: int = 50
+    action: str = choice("reassign", ("drop", "downweight", "reassign"))
+    downweight: float = 0.2
+    # Re-assign only when the top song beats the paired one by this cosine margin.
+    reassign_margin: float = 0.1
+    fallback: str = choice("downweight", ("downweight", "drop", "keep"))
+
+
+@dataclass
+class BackRetrievalConfig:
+    """Back-retrieval augmentation: cycle-consistent video -> music -> video pairs."""
+
+    enabled: bool = False
+    every_n_epochs: int = 4
+    start_epoch: int = 4
+    rank_tolerance: int = 1
+    similarity_floor: float = 0.5
+    weight: float = 0.5
+    max_new: int = 100000
+
+
+@dataclass
 class CheckpointConfig:
     monitor: str = "val/v2m/R@10"
     mode: str = choice("max", ("max", "min"))
@@ -241,6 +270,8 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    self_training: SelfTrainingConfig = field(default_factory=SelfTrainingConfig)
+    back_retrieval: BackRetrievalConfig = field(default_factory=BackRetrievalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
@@ -341,6 +372,17 @@ def validate(cfg: Config) -> None:
         ("trainer.limit_train_batches", _is_batch_limit(t.limit_train_batches),
          "must be empty, a number of batches (int >= 0) or a fraction in [0.0, 1.0]"),
         ("checkpoint.save_top_k", cfg.checkpoint.save_top_k >= -1, "must be >= -1"),
+        ("self_training.epochs_per_round", cfg.self_training.epochs_per_round >= 1,
+         "must be >= 1"),
+        ("self_training.rounds", cfg.self_training.rounds >= 1, "must be >= 1"),
+        ("self_training.rank_threshold", cfg.self_training.rank_threshold >= 1, "must be >= 1"),
+        ("self_training.downweight", 0.0 <= cfg.self_training.downweight <= 1.0,
+         "must be in [0, 1]"),
+        ("back_retrieval.every_n_epochs", cfg.back_retrieval.every_n_epochs >= 1,
+         "must be >= 1"),
+        ("back_retrieval.rank_tolerance", cfg.back_retrieval.rank_tolerance >= 1,
+         "must be >= 1"),
+        ("back_retrieval.weight", cfg.back_retrieval.weight >= 0, "must be >= 0"),
     ]
     for key, ok, why in checks:
         if not ok:

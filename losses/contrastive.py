@@ -40,13 +40,14 @@ any collective. With one process (or torch.distributed not initialised) nothing 
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+
+from losses.precision import autocast_off, upcast
 
 __all__ = [
     "LogitScale",
@@ -55,19 +56,8 @@ __all__ = [
     "symmetric_info_nce",
 ]
 
-_HALF = (torch.float16, torch.bfloat16)
 
 
-def _upcast(x: torch.Tensor) -> torch.Tensor:
-    """Half precision -> float32; float32/float64 unchanged (float64 is kept for tests)."""
-    return x.float() if x.dtype in _HALF else x
-
-
-def _autocast_off(device: torch.device) -> contextlib.AbstractContextManager:
-    """Disable autocast (e.g. Lightning's bf16-mixed) so the loss really runs in float32."""
-    if torch.amp.is_autocast_available(device.type):
-        return torch.autocast(device_type=device.type, enabled=False)
-    return contextlib.nullcontext()
 
 
 def _world() -> tuple[int, int]:
@@ -140,7 +130,7 @@ def _check_soft(t: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
         raise ValueError(
             f"soft_targets must be [B_local, B_global] = {list(shape)}, got {list(t.shape)}"
         )
-    return _upcast(t.detach())
+    return upcast(t.detach())
 
 
 def symmetric_info_nce(
@@ -183,15 +173,15 @@ def symmetric_info_nce(
     b = video_emb.shape[0]
     if weights is not None and tuple(weights.shape) != (b,):
         raise ValueError(f"weights must be [B_local] = [{b}], got {list(weights.shape)}")
-    with _autocast_off(video_emb.device):
+    with autocast_off(video_emb.device):
         return _info_nce_fp32(video_emb, music_emb, logit_scale, weights, soft_targets)
 
 
 def _info_nce_fp32(video_emb, music_emb, logit_scale, weights, soft_targets) -> torch.Tensor:
     b = video_emb.shape[0]
     world, rank = _world()
-    video = _upcast(video_emb)
-    music = _upcast(music_emb)
+    video = upcast(video_emb)
+    music = upcast(music_emb)
     if world > 1:
         sizes = _gather_sizes(b, video.device, world)
         video_all = _GatherWithGrad.apply(video, tuple(sizes), rank)
@@ -203,7 +193,7 @@ def _info_nce_fp32(video_emb, music_emb, logit_scale, weights, soft_targets) -> 
         raise ValueError("symmetric_info_nce needs at least one pair in the global batch")
 
     if isinstance(logit_scale, torch.Tensor):
-        scale = _upcast(logit_scale).to(device=video.device)
+        scale = upcast(logit_scale).to(device=video.device)
     else:
         scale = float(logit_scale)  # a Python float keeps full precision in any dtype
     logits_v2m = scale * (video @ music_all.T)  # [B, N]
@@ -227,7 +217,7 @@ def _info_nce_fp32(video_emb, music_emb, logit_scale, weights, soft_targets) -> 
 
     if weights is None:
         return per_row.sum() * (world / n_global)
-    w = _upcast(weights.detach()).to(device=per_row.device, dtype=per_row.dtype)
+    w = upcast(weights.detach()).to(device=per_row.device, dtype=per_row.dtype)
     total_w = w.sum()
     if world > 1:
         total_w = total_w.clone()

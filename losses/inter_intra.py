@@ -20,34 +20,24 @@ three variants are provided (reconstruction, METHODS.md):
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
 
+from losses.precision import autocast_off, upcast
 from losses.structure import soft_intra_modal_structure_loss
 
 __all__ = ["II_VARIANTS", "cosine_similarity_matrix", "ii_total", "inter_intra_loss"]
 
 II_VARIANTS = ("mse", "kl", "rank")
-_HALF = (torch.float16, torch.bfloat16)
 
 
-def _upcast(x: torch.Tensor) -> torch.Tensor:
-    return x.float() if x.dtype in _HALF else x
-
-
-def _autocast_off(device: torch.device) -> contextlib.AbstractContextManager:
-    """Disable autocast (e.g. Lightning's bf16-mixed) so the loss really runs in float32."""
-    if torch.amp.is_autocast_available(device.type):
-        return torch.autocast(device_type=device.type, enabled=False)
-    return contextlib.nullcontext()
 
 
 def cosine_similarity_matrix(x: torch.Tensor) -> torch.Tensor:
     """[N, F] -> [N, N] cosine similarities (rows L2-normalised, zero rows give 0)."""
-    xn = F.normalize(_upcast(x), dim=1, eps=1e-12)
+    xn = F.normalize(upcast(x), dim=1, eps=1e-12)
     return xn @ xn.T
 
 
@@ -92,7 +82,7 @@ def inter_intra_loss(
             "inter_intra_loss: raw and emb must have the same number of rows, got "
             f"raw={tuple(raw.shape)} emb={tuple(emb.shape)}"
         )
-    with _autocast_off(emb.device):
+    with autocast_off(emb.device):
         if variant == "rank":
             return soft_intra_modal_structure_loss(raw, emb, k=k)
         return _similarity_loss(raw, emb, variant, temperature)

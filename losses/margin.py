@@ -30,7 +30,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from losses.ranking import _autocast_off, _triplet_with_margin_sets
+from losses.precision import HALF, autocast_off, upcast
+from losses.ranking import _triplet_with_margin_sets
 
 __all__ = [
     "adaptive_margin",
@@ -39,7 +40,6 @@ __all__ = [
     "lambda_ramp",
 ]
 
-_HALF = (torch.float16, torch.bfloat16)
 
 
 def intra_modal_distances(feats: torch.Tensor) -> torch.Tensor:
@@ -49,8 +49,8 @@ def intra_modal_distances(feats: torch.Tensor) -> torch.Tensor:
     """
     if feats.dim() != 2:
         raise ValueError(f"intra_modal_distances expects [N, F] features, got {tuple(feats.shape)}")
-    x = feats.float() if feats.dtype in _HALF else feats
-    with _autocast_off(x.device):
+    x = upcast(feats)
+    with autocast_off(x.device):
         xn = F.normalize(x, dim=1, eps=1e-12)
         return 1.0 - xn @ xn.T
 
@@ -71,7 +71,7 @@ def adaptive_margin(dist: torch.Tensor, alpha: float = 0.2, beta: float = 1.0) -
     if n < 2:
         raise ValueError(f"adaptive_margin needs N >= 2 (off-diagonal entries), got N={n}")
     d = dist.detach()
-    d = d.float() if d.dtype in _HALF or not d.is_floating_point() else d
+    d = d.float() if d.dtype in HALF or not d.is_floating_point() else d
     off = ~torch.eye(n, dtype=torch.bool, device=d.device)
     vals = d[off]
     mean = vals.mean()

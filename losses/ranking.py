@@ -7,9 +7,9 @@ embedding is the negative cosine similarity, and each anchor is pushed away from
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
+
+from losses.precision import autocast_off
 
 __all__ = ["inter_modal_ranking_loss", "triplet_ranking_loss_with_margins"]
 
@@ -77,22 +77,16 @@ def inter_modal_ranking_loss(
         raise ValueError(f"num_negatives must be >= 1, got {num_negatives}")
     num_neg = min(int(num_negatives), n - 1)
     # Half-precision dot products and hinge means lose too much precision for a loss; cast up.
-    music = music_emb.float()
-    video = video_emb.float()
-    dist = -(music @ video.T)  # [N_music, N_video]; negative cosine for normalised inputs
-    loss_mv = _hardest_negative_hinge(dist, num_neg, margin)
-    loss_vm = _hardest_negative_hinge(dist.T, num_neg, margin)
+    with autocast_off(music_emb.device):
+        music = music_emb.float()
+        video = video_emb.float()
+        dist = -(music @ video.T)  # [N_music, N_video]; negative cosine for normalised inputs
+        loss_mv = _hardest_negative_hinge(dist, num_neg, margin)
+        loss_vm = _hardest_negative_hinge(dist.T, num_neg, margin)
     return loss_mv, loss_vm
 
 
 # ----------------------------------------------------------------------------- per-pair margins
-
-
-def _autocast_off(device: torch.device) -> contextlib.AbstractContextManager:
-    """Disable autocast (e.g. Lightning's bf16-mixed) so the loss really runs in float32."""
-    if torch.amp.is_autocast_available(device.type):
-        return torch.autocast(device_type=device.type, enabled=False)
-    return contextlib.nullcontext()
 
 
 def _hardest_negative_hinge_margins(
@@ -145,7 +139,7 @@ def _triplet_with_margin_sets(
     num_neg = min(int(num_negatives), n - 1)
     mv = [_check_margins(m, n, "margins_mv") for m in margins_mv]
     vm = [_check_margins(m, n, "margins_vm") for m in margins_vm]
-    with _autocast_off(music_emb.device):
+    with autocast_off(music_emb.device):
         dist = -(music_emb.float() @ video_emb.float().T)  # [N_music, N_video]
         return (
             _hardest_negative_hinge_margins(dist, num_neg, mv),

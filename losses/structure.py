@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from losses.precision import autocast_off
+
 __all__ = ["soft_intra_modal_structure_loss"]
 
 
@@ -49,16 +51,16 @@ def soft_intra_modal_structure_loss(
             "soft_intra_modal_structure_loss needs K = min(k, N) >= 2 items, got "
             f"K={kk} (k={k}, N={emb.shape[0]})"
         )
-    # Raw features are a fixed target: detach so no gradient reaches whatever produced them.
-    xn = F.normalize(raw[:kk].detach().float(), dim=1, eps=1e-12)
-    dist_raw = -(xn @ xn.T)  # [K, K]
-    e = emb[:kk].float()
-    dist_emb = -(e @ e.T)  # [K, K]
-
-    with torch.no_grad():
-        # sign() only chooses the direction of the push; it must not contribute gradient.
-        d_emb = dist_emb.detach()
-        c = torch.sign(dist_raw[:, :-1] - dist_raw[:, 1:]) - torch.sign(
-            d_emb[:, :-1] - d_emb[:, 1:]
-        )  # [K, K-1]
-    return (c * (dist_emb[:, 1:] - dist_emb[:, :-1])).mean()
+    with autocast_off(emb.device):
+        # Raw features are a fixed target: detach so no gradient reaches what produced them.
+        xn = F.normalize(raw[:kk].detach().float(), dim=1, eps=1e-12)
+        dist_raw = -(xn @ xn.T)  # [K, K]
+        e = emb[:kk].float()
+        dist_emb = -(e @ e.T)  # [K, K]
+        with torch.no_grad():
+            # sign() only chooses the direction of the push; it must not contribute gradient.
+            d_emb = dist_emb.detach()
+            c = torch.sign(dist_raw[:, :-1] - dist_raw[:, 1:]) - torch.sign(
+                d_emb[:, :-1] - d_emb[:, 1:]
+            )  # [K, K-1]
+        return (c * (dist_emb[:, 1:] - dist_emb[:, :-1])).mean()
