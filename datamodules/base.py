@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import abc
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from datamodules.errors import DataError
 from datamodules.feature_store import SPLITS, StoreSplit, read_meta
 from datamodules.pairs import PairDataset, identity_collate
+from datamodules.train_pairs import PairOverrideDataset, TrainPairs
+
+TRUTH_FILE = "truth.tsv"  # datamodules.synthetic.truth.TRUTH_FILE
 
 
 class StoreDataModule(pl.LightningDataModule, abc.ABC):
@@ -32,6 +37,10 @@ class StoreDataModule(pl.LightningDataModule, abc.ABC):
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
         self.datasets: dict[str, PairDataset] = {}
+        # Training-pair overrides (datamodules.train_pairs): a replacement of the dataset's
+        # own pairing (self-training pseudo-labels) and pairs added to it (back retrieval).
+        self._train_pairs: TrainPairs | None = None
+        self._extra_pairs: TrainPairs | None = None
 
     @abc.abstractmethod
     def ensure_store(self) -> Path:
@@ -54,6 +63,56 @@ class StoreDataModule(pl.LightningDataModule, abc.ABC):
                 raise DataError(f"{self.store_path}: store has no '{split}' split")
             self.datasets[split] = PairDataset(StoreSplit(self.store_path, split, meta))
 
+    @property
+    def store_fingerprint(self) -> str:
+        """Identifies the store's content: source fingerprint and split counts, hashed."""
+        meta = read_meta(self.store_path)
+        source = dict(meta.get("source", {}))
+        source.pop("root", None)  # the same data moved elsewhere is the same store
+        basis = {
+            "source": source.get("fingerprint", source),
+            "counts": {s: v.get("count") for s, v in sorted(meta["splits"].items())},
+        }
+        return hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def truth_path(self) -> Path | None:
+        """The hidden truth of a synthetic dataset (for measuring only; never trained on)."""
+        path = self.root / TRUTH_FILE
+        return path if path.is_file() else None
+
+    # ----- training-pair overrides -------------------------------------------------------
+
+    def set_train_pairs(self, pairs: TrainPairs | None) -> None:
+        """Replace the train split's own pairing (None: back to the dataset's pairs)."""
+        self._check_pairs(pairs, "train pairs")
+        self._train_pairs = pairs
+
+    def set_extra_pairs(self, pairs: TrainPairs | None) -> None:
+        """Pairs trained on in addition to the (possibly replaced) pairing (None: none)."""
+        self._check_pairs(pairs, "extra pairs")
+        self._extra_pairs = pairs
+
+    def _check_pairs(self, pairs: TrainPairs | None, what: str) -> None:
+        if pairs is not None and "train" in self.datasets:
+            pairs.check_rows(len(self.datasets["train"]), what)
+
+    @property
+    def train_pairs(self) -> TrainPairs:
+        """The pairs trained on now: the pairing (identity unless set) plus any extras."""
+        base = self._train_pairs
+        if base is None:
+            if "train" not in self.datasets:
+                raise DataError("train pairs: call setup() first (the train split is not loaded)")
+            base = TrainPairs.identity(len(self.datasets["train"]))
+        return base if self._extra_pairs is None else TrainPairs.concat(base, self._extra_pairs)
+
+    def train_dataset(self) -> Dataset:
+        """The train split as trained on: the dataset itself, or its re-paired view."""
+        if self._train_pairs is None and self._extra_pairs is None:
+            return self.datasets["train"]
+        return PairOverrideDataset(self.datasets["train"], self.train_pairs)
+
     def _world_size(self) -> int:
         trainer = getattr(self, "trainer", None)
         return trainer.world_size if trainer is not None else 1
@@ -69,7 +128,7 @@ class StoreDataModule(pl.LightningDataModule, abc.ABC):
         return global_batch // world
 
     def _loader(self, split: str, batch_size: int, train: bool) -> DataLoader:
-        dataset = self.datasets[split]
+        dataset = self.train_dataset() if split == "train" else self.datasets[split]
         kwargs: dict[str, Any] = {}
         if self.num_workers > 0:
             kwargs = {"persistent_workers": True, "prefetch_factor": 4}

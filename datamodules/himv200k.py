@@ -276,25 +276,12 @@ class HIMV200KDataModule(StoreDataModule):
         return self.store_path
 
     def _ensure_synthetic(self) -> None:
+        from datamodules.synthetic.ensure import ensure_synthetic, planted_spec
         from datamodules.synthetic.himv200k import write_himv200k
-        from datamodules.synthetic.planted import PlantedSpec
 
         settings = dict(self.synthetic or {})
         missing = settings.pop("missing", 0.0)
-        try:
-            spec = PlantedSpec(**settings)
-        except (TypeError, ValueError) as e:
-            raise DataError(f"data.synthetic: {e}") from None
+        spec = planted_spec(settings)
         wanted = {"dataset": "himv200k", "missing": missing, **dataclasses.asdict(spec)}
-        marker = self.root / "synth.json"
-        if self.root.exists() and any(self.root.iterdir()):
-            if not marker.exists():
-                return  # real data: never overwrite it
-            try:
-                have = json.loads(marker.read_text())
-            except (OSError, ValueError):
-                have = {}
-            if isinstance(have, dict) and {k: have.get(k) for k in wanted} == wanted:
-                return
-            log.info("himv200k: synthetic settings changed; regenerating %s", self.root)
-        write_himv200k(spec, self.root, missing=missing)
+        ensure_synthetic(self.root, wanted,
+                         lambda: write_himv200k(spec, self.root, missing=missing), "himv200k")

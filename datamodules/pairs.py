@@ -2,6 +2,10 @@
 
 It implements `__getitems__`, so the DataLoader asks for a whole batch at once and the
 frames are gathered with one fancy index per modality instead of a Python loop per item.
+
+Store modalities other than video and music that hold exactly one frame per item (such as
+"text_emb", precomputed text embeddings) come back as batch[name], float32 [B, D]
+(dequantised if the store says so). Names the dataset sets itself are never overwritten.
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ from torch.utils.data import Dataset
 from datamodules.feature_store import StoreSplit
 
 MODALITIES = ("video", "music")
+# Batch keys PairDataset / SparseFrameDataset set themselves.
+RESERVED = frozenset({*MODALITIES, "video_mask", "music_mask", "index", "video_key", "music_key",
+                      "video_id", "music_id", "text"})
 
 
 def identity_collate(batch: Any) -> Any:
@@ -35,6 +42,9 @@ class PairDataset(Dataset):
         self.music_keys = torch.from_numpy(
             np.unique(self.music_ids, return_inverse=True)[1].astype(np.int64)
         )
+        # Per-item vectors (e.g. text_emb): one frame per item, returned as [B, D].
+        self.vectors = [m for m in split.modalities
+                        if m not in RESERVED and bool((split.lengths[m] == 1).all())]
 
     def __len__(self) -> int:
         return len(self.split)
@@ -55,7 +65,19 @@ class PairDataset(Dataset):
         batch["music_key"] = self.music_keys[t]
         batch["video_id"] = [self.ids[i] for i in idx]
         batch["music_id"] = [self.music_ids[i] for i in idx]
+        for m in self.vectors:
+            batch[m] = self._vectors(m, idx)
         return batch
+
+    def _vectors(self, modality: str, idx: np.ndarray) -> torch.Tensor:
+        """The single frame of each item in `idx`: float32 [B, D]."""
+        spec = self.split.modalities[modality]
+        rows = self.split.offsets[modality][idx]
+        x = np.array(self.split.arrays[modality][rows], dtype=np.float32)
+        if spec.dequantize is not None:
+            scale, offset = spec.dequantize
+            x = x * np.float32(scale) + np.float32(offset)
+        return torch.from_numpy(x.reshape(len(idx), spec.dim))
 
     def _frames(self, modality: str, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         spec = self.split.modalities[modality]

@@ -62,7 +62,8 @@ class SparseFrameDataset(PairDataset):
     from the worker seed torch derives from the global seed (new per epoch unless workers
     are persistent, whose streams simply continue); without workers, from
     `torch.initial_seed()`. Evaluation takes segment centres. Adds `text` (list[str], "" when
-    a row has none) when any row of the split carries text.
+    a row has none) when any row of the split carries text. One-frame-per-item modalities
+    (e.g. "text_emb") are not sampled: PairDataset returns them as batch[name] [B, D].
     """
 
     def __init__(self, split: StoreSplit, frames: int = 32, train: bool = False):

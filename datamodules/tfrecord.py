@@ -8,7 +8,9 @@ so only the `protobuf` package is needed.
 
 YouTube-8M frame-level files hold SequenceExamples (context `id` or, in 2017 files,
 `video_id`, `labels`; feature lists `rgb` and `audio` with one 1024- / 128-byte uint8 code
-per second); video-level files hold Examples with `mean_rgb` / `mean_audio` floats.
+per second); video-level files hold Examples with `mean_rgb` / `mean_audio` floats. Not in
+YouTube-8M but read when present: context `text` (bytes, text found in the video) and
+`text_emb` (floats, a precomputed embedding of that text, e.g. from a sentence encoder).
 """
 
 from __future__ import annotations
@@ -269,6 +271,7 @@ class FrameRecord(NamedTuple):
     audio: np.ndarray  # uint8 [T, 128]
     text: str | None
     offset: int  # byte offset of the record in its file
+    text_emb: np.ndarray | None = None  # float32 [D], context feature `text_emb` when present
 
 
 class VideoRecord(NamedTuple):
@@ -337,6 +340,21 @@ def _context_text(ctx: Any) -> str | None:
     return b" ".join(ctx["text"].bytes_list.value).decode("utf-8", "replace")
 
 
+def _context_text_emb(ctx: Any, where: str) -> np.ndarray | None:
+    """The optional `text_emb` context feature: a non-empty list of finite floats."""
+    if "text_emb" not in ctx:
+        return None
+    f = ctx["text_emb"]
+    kind = f.WhichOneof("kind")
+    if kind != "float_list" or not f.float_list.value:
+        got = kind if kind and kind != "float_list" else "no values"
+        raise DataError(f"{where}: 'text_emb' must be a non-empty float_list, found {got}")
+    v = np.array(f.float_list.value, dtype=np.float32)
+    if not np.isfinite(v).all():
+        raise DataError(f"{where}: 'text_emb' has non-finite values")
+    return v
+
+
 def read_frame_level(
     path: str | os.PathLike,
     labels: Collection[int] | None = None,
@@ -347,6 +365,8 @@ def read_frame_level(
     `labels`: decode only records carrying one of these label ids (others are counted in
     `skips["no selected label"]`). Without `skips`, a record missing `rgb` or `audio` is a
     DataError; with it, such records and empty sequences are counted there and left out.
+    A `text_emb` context feature that is not a non-empty list of finite floats is always a
+    DataError.
     """
     wanted = frozenset(labels) if labels is not None else None
     for offset, data in iter_records(path):
@@ -372,7 +392,8 @@ def read_frame_level(
         if skips is not None and (len(rgb) == 0 or len(audio) == 0):
             skips["empty sequence"] += 1
             continue
-        yield FrameRecord(vid, record_labels, rgb, audio, _context_text(ctx), offset)
+        yield FrameRecord(vid, record_labels, rgb, audio, _context_text(ctx), offset,
+                          _context_text_emb(ctx, where))
 
 
 def _floats(feats: Any, name: str, dim: int, where: str) -> np.ndarray:

@@ -16,6 +16,14 @@ test_fraction / (val_fraction + test_fraction) of it; if both are empty, everyth
 by the hash as for other file names: sha1(id) in [0, 1) below test_fraction -> test, below
 test_fraction + val_fraction -> val, else train. Records without a selected label, with an
 empty sequence, or missing `rgb`/`audio` are skipped and counted; a damaged file is an error.
+
+Precomputed text embeddings: when the kept records carry a `text_emb` context feature (floats,
+as `vmr synth --dataset youtube8m --text` writes), the store gets a further modality
+"text_emb" (float32, one frame per item), which the loaders return as batch["text_emb"]
+[B, D]. It is all or nothing: every kept record must carry it with the same D, or a
+DataError names the first record that lacks it or disagrees (file, byte offset, id); records
+are not silently dropped for it. A new or changed source file changes the fingerprint, so a
+store never goes stale on it.
 """
 
 from __future__ import annotations
@@ -150,10 +158,11 @@ class _Scan:
 def _scan_file(path: Path, spill: Path, label_ids: list[int]) -> _Scan:
     skips: Counter = Counter()
     rows: list[dict] = []
-    frames = {"video": 0, "music": 0}
+    frames = {"video": 0, "music": 0}  # text_emb stays in the rows (one small vector each)
     with open(f"{spill}.video", "wb") as fv, open(f"{spill}.music", "wb") as fm:
         for rec in read_frame_level(path, labels=label_ids, skips=skips):
-            row = {"id": rec.id, "labels": rec.labels, "text": rec.text, "offset": rec.offset}
+            row = {"id": rec.id, "labels": rec.labels, "text": rec.text, "offset": rec.offset,
+                   "text_emb": rec.text_emb}
             for name, arr, f in (("video", rec.rgb, fv), ("music", rec.audio, fm)):
                 row[name] = (frames[name], len(arr))
                 f.write(arr.tobytes())
@@ -228,6 +237,27 @@ def _check_unique(files: list[Path], scans: list[_Scan]) -> None:
             seen[row["id"]] = here
 
 
+def _text_emb_dim(files: list[Path], scans: list[_Scan]) -> int | None:
+    """D when every kept record carries a `text_emb` of D values; None when none does."""
+    first: tuple[int, str] | None = None  # (D, where) of the first record with one
+    lacking: str | None = None
+    for path, scan in zip(files, scans):
+        for row in scan.rows:
+            emb = row["text_emb"]
+            here = f"{path}: record at byte offset {row['offset']} (id {row['id']})"
+            if emb is None:
+                lacking = lacking or here
+            elif first is None:
+                first = (len(emb), here)
+            elif len(emb) != first[0]:
+                raise DataError(f"{here}: 'text_emb' has {len(emb)} values, but {first[1]} has "
+                                f"{first[0]}; every record needs the same dimension")
+            if first is not None and lacking is not None:
+                raise DataError(f"{lacking}: no 'text_emb', but {first[1]} has one; every "
+                                "selected record must carry text_emb, or none")
+    return None if first is None else first[0]
+
+
 def _check_fractions(val_fraction: float, test_fraction: float) -> None:
     if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
         raise DataError(
@@ -256,6 +286,10 @@ def prepare_youtube8m(
     try:
         scans = _scan_all(files, spill, label_ids, workers, progress)
         _check_unique(files, scans)
+        emb_dim = _text_emb_dim(files, scans)
+        modalities = dict(MODALITIES)
+        if emb_dim is not None:
+            modalities["text_emb"] = ModalitySpec(emb_dim, "float32")
         scheme = _assign_splits(files, scans, val_fraction, test_fraction)
 
         def items(split: str) -> Iterator[Item]:
@@ -269,6 +303,8 @@ def prepare_youtube8m(
                     if row["split"] != split:
                         continue
                     frames = {m: arrays[m][row[m][0] : row[m][0] + row[m][1]] for m in arrays}
+                    if emb_dim is not None:
+                        frames["text_emb"] = row["text_emb"][None, :]
                     extra: dict[str, Any] = {"labels": row["labels"]}
                     if row["text"] is not None:
                         extra["text"] = row["text"]
@@ -280,7 +316,9 @@ def prepare_youtube8m(
             "fingerprint": fingerprint(files, label_ids, val_fraction, test_fraction),
             "labels": label_ids, "splits": scheme, "skipped": dict(sorted(skips.items())),
         }
-        write_store(out, {s: items(s) for s in SPLITS}, MODALITIES, source)
+        if emb_dim is not None:
+            source["text_emb_dim"] = emb_dim
+        write_store(out, {s: items(s) for s in SPLITS}, modalities, source)
     finally:
         shutil.rmtree(spill, ignore_errors=True)
     counts = Counter(row["split"] for scan in scans for row in scan.rows)
@@ -355,28 +393,20 @@ class YouTube8MDataModule(StoreDataModule):
             )
 
     def _ensure_synthetic(self) -> None:
-        from datamodules.synthetic.planted import PlantedSpec
+        from datamodules.synthetic.ensure import ensure_synthetic, planted_spec
         from datamodules.synthetic.youtube8m import write_youtube8m
 
         settings = dict(self.synthetic or {})
         extra = {"shards": int(settings.pop("shards", 4)),
                  "non_music": float(settings.pop("non_music", 0.25)),
-                 "missing": float(settings.pop("missing", 0.0))}
+                 "missing": float(settings.pop("missing", 0.0)),
+                 # Text embeddings only when asked for (the registry asks when the model reads
+                 # precomputed text), so existing synthetic roots and stores stay as they are.
+                 "text_emb_dim": int(settings.pop("text_emb_dim", 0))}
         settings.update(music_dim=128, video_dim=1024)
-        try:
-            spec = PlantedSpec(**settings)
-        except (TypeError, ValueError) as e:
-            raise DataError(f"data.synthetic: {e}") from None
+        spec = planted_spec(settings)
         wanted = {"dataset": "youtube8m", **extra, **dataclasses.asdict(spec)}
-        marker = self.root / "synth.json"
-        if self.root.exists() and any(self.root.iterdir()):
-            if not marker.exists():
-                return  # real data: never overwrite it
-            try:
-                have = json.loads(marker.read_text())
-            except (OSError, ValueError):
-                have = {}
-            if isinstance(have, dict) and {k: have.get(k) for k in wanted} == wanted:
-                return
-            log.info("youtube8m: synthetic settings changed; regenerating %s", self.root)
-        write_youtube8m(spec, self.root, **extra)
+        if not (spec.text and extra["text_emb_dim"] > 0):
+            del wanted["text_emb_dim"]  # synth.json has it only when text_emb was written
+        ensure_synthetic(self.root, wanted, lambda: write_youtube8m(spec, self.root, **extra),
+                         "youtube8m")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from lightning_app.errors import USER_ERRORS, ConfigError
 
-DATASETS = ("himv200k", "youtube8m")
+DATASETS = ("himv200k", "youtube8m", "mvd")
 
 
 class _ConsoleHandler(logging.Handler):
@@ -85,6 +85,16 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         spec = dataclasses.replace(spec, music_dim=128, video_dim=1024)
         out = write_youtube8m(spec, args.out, shards=args.shards, text=args.text,
                               non_music=args.non_music, missing=args.missing)
+    elif args.dataset == "mvd":
+        from datamodules.synthetic.mvd import MUSIC_DIM, VIDEO_DIM, write_mvd
+
+        if args.missing:
+            raise ConfigError("vmr synth: --missing is not supported for mvd (it is curated)")
+        spec = dataclasses.replace(spec, music_dim=MUSIC_DIM, video_dim=VIDEO_DIM)
+        try:
+            out = write_mvd(spec, args.out, shared_songs=args.shared_songs)
+        except ValueError as e:
+            raise ConfigError(f"vmr synth: {e}") from None
     else:
         out = write_himv200k(spec, args.out, missing=args.missing, music_format=args.music_format)
     print(f"wrote synthetic {args.dataset} ({args.pairs} pairs, seed {args.seed}) to {out}")
@@ -92,7 +102,11 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
-    if args.dataset == "youtube8m":
+    if args.dataset == "mvd":
+        from datamodules.mvd import pack_mvd
+
+        out = pack_mvd(args.src, args.out)
+    elif args.dataset == "youtube8m":
         from datamodules.youtube8m import prepare_youtube8m
 
         labels = [int(x) if x.isdigit() else x for x in args.labels]
@@ -147,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shards", type=int, default=4, help="youtube8m: TFRecord files per split")
     p.add_argument("--non-music", type=float, default=0.25,
                    help="youtube8m: extra records without the music-video label (fraction)")
+    p.add_argument("--shared-songs", type=float, default=0.1,
+                   help="mvd: fraction of videos whose song is another pair's")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_synth)
 

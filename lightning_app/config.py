@@ -46,11 +46,13 @@ class SynthConfig:
     # YouTube-8M format only: planted in-video text (II-CLVTM) and the number of TFRecord shards.
     text: bool = False
     shards: int = 4
+    # MVD format only: fraction of videos whose (true) song is another pair's song.
+    shared_songs: float = 0.1
 
 
 @dataclass
 class DataConfig:
-    dataset: str = choice("himv200k", ("himv200k", "youtube8m"))
+    dataset: str = choice("himv200k", ("himv200k", "youtube8m", "mvd"))
     root: str = "data/synthetic_himv200k"
     # Packed feature store; empty means `<root>/store`. Built by `vmr prepare` or on first use.
     store: str = ""
@@ -122,10 +124,39 @@ class IICLVMConfig:
 
 
 @dataclass
+class MixingConfig:
+    """SSVMR span-level mixing (reconstruction, METHODS.md)."""
+
+    enabled: bool = True
+    # Fraction of training samples mixed, and the span as a fraction of the video's length.
+    prob: float = 0.5
+    min_span: float = 0.1
+    max_span: float = 0.5
+    distribution: str = choice("uniform", ("uniform", "beta"))
+    beta_a: float = 2.0
+    beta_b: float = 2.0
+
+
+@dataclass
+class SSVMRConfig:
+    video_dim: int = 512
+    music_dim: int = 128
+    embed_dim: int = 256
+    video_encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    music_encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    temperature: float = 0.07
+    learnable_temperature: bool = True
+    # Video frames pooled by learned saliency attention; mixing targets follow its mass.
+    saliency: bool = True
+    mixing: MixingConfig = field(default_factory=MixingConfig)
+
+
+@dataclass
 class ModelConfig:
-    name: str = choice("vmnet", ("vmnet", "iiclvm"))
+    name: str = choice("vmnet", ("vmnet", "iiclvm", "ssvmr"))
     vmnet: VMNetConfig = field(default_factory=VMNetConfig)
     iiclvm: IICLVMConfig = field(default_factory=IICLVMConfig)
+    ssvmr: SSVMRConfig = field(default_factory=SSVMRConfig)
 
 
 @dataclass
@@ -357,10 +388,17 @@ def validate(cfg: Config) -> None:
         ("ii_loss.temperature", cfg.ii_loss.temperature > 0, "must be > 0"),
         ("ii_loss.k", cfg.ii_loss.k >= 2, "must be >= 2"),
         ("model.iiclvm.temperature", cfg.model.iiclvm.temperature > 0, "must be > 0"),
+        ("model.ssvmr.temperature", cfg.model.ssvmr.temperature > 0, "must be > 0"),
+        ("model.ssvmr.mixing.prob", 0.0 <= cfg.model.ssvmr.mixing.prob <= 1.0,
+         "must be in [0, 1]"),
+        ("model.ssvmr.mixing.min_span",
+         0.0 < cfg.model.ssvmr.mixing.min_span <= cfg.model.ssvmr.mixing.max_span <= 1.0,
+         "must satisfy 0 < min_span <= max_span <= 1"),
         ("data.frames", d.frames >= 1, "must be >= 1"),
         ("data.labels", bool(d.labels), "must name at least one label"),
         ("data.prepare_workers", d.prepare_workers >= 0, "must be >= 0"),
         ("data.synthetic.shards", syn.shards >= 1, "must be >= 1"),
+        ("data.synthetic.shared_songs", 0.0 <= syn.shared_songs < 1.0, "must be in [0, 1)"),
         ("eval.ks", bool(cfg.eval.ks) and min(cfg.eval.ks) >= 1,
          "must be a non-empty list of k >= 1"),
         ("eval.chunk_size", cfg.eval.chunk_size > 0, "must be > 0"),

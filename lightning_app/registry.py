@@ -7,11 +7,13 @@ from collections.abc import Callable
 
 from datamodules.base import StoreDataModule
 from datamodules.himv200k import HIMV200KDataModule
+from datamodules.mvd import MVDDataModule
 from datamodules.youtube8m import YouTube8MDataModule
 from lightning_app.config import Config, SynthConfig
 from lightning_app.errors import ConfigError
 from models.base import RetrievalModule
 from models.iiclvm import IICLVM
+from models.ssvmr import SSVMR
 from models.vmnet import VMNet
 
 
@@ -39,6 +41,11 @@ def _youtube8m(cfg: Config) -> StoreDataModule:
     if d.synthetic.enabled:
         synthetic = synth_settings(d.synthetic)
         synthetic.update(text=d.synthetic.text, shards=d.synthetic.shards)
+        # Synthetic text embeddings (`text_emb`) are generated only for a model that reads
+        # them, with the model's dimension.
+        t = cfg.model.iiclvm.text
+        if cfg.model.name == "iiclvm" and t.enabled and t.source == "precomputed":
+            synthetic["text_emb_dim"] = t.dim
     # Label ids may be given as numbers; names are looked up in vocabulary.csv.
     labels = [int(x) if str(x).isdigit() else str(x) for x in d.labels]
     return YouTube8MDataModule(
@@ -46,6 +53,17 @@ def _youtube8m(cfg: Config) -> StoreDataModule:
         num_workers=d.num_workers, frames=d.frames, labels=labels, workers=d.prepare_workers,
         synthetic=synthetic,
     )
+
+
+def _mvd(cfg: Config) -> StoreDataModule:
+    d = cfg.data
+    synthetic = None
+    if d.synthetic.enabled:
+        synthetic = synth_settings(d.synthetic)
+        synthetic["shared_songs"] = d.synthetic.shared_songs
+    return MVDDataModule(d.root, d.store or None, batch_size=d.batch_size,
+                         eval_batch_size=d.eval_batch_size, num_workers=d.num_workers,
+                         frames=d.frames, synthetic=synthetic)
 
 
 def _check_dims(cfg: Config, section: str, expected: tuple, dims: dict[str, int]) -> None:
@@ -61,8 +79,30 @@ def _iiclvm(cfg: Config, dims: dict[str, int]) -> RetrievalModule:
     m = cfg.model.iiclvm
     _check_dims(cfg, "iiclvm", (("music", "music_dim", m.music_dim),
                                 ("video", "video_dim", m.video_dim)), dims)
+    if m.text.enabled and m.text.source == "precomputed":
+        if "text_emb" not in dims:
+            hint = ""
+            if cfg.data.dataset == "youtube8m":
+                hint = ("; set data.synthetic.text=true" if cfg.data.synthetic.enabled
+                        else "; its records carry no text_emb context feature")
+            raise ConfigError(
+                f"config: model.iiclvm.text.source=precomputed (model.iiclvm.text.dim="
+                f"{m.text.dim}) but the {cfg.data.dataset} store has no text_emb modality{hint}"
+            )
+        if dims["text_emb"] != m.text.dim:
+            raise ConfigError(
+                f"config: model.iiclvm.text.dim={m.text.dim} but the {cfg.data.dataset} store "
+                f"has text_emb dimension {dims['text_emb']}"
+            )
     return IICLVM(dataclasses.asdict(m), dataclasses.asdict(cfg.ii_loss),
                   dataclasses.asdict(cfg.optim))
+
+
+def _ssvmr(cfg: Config, dims: dict[str, int]) -> RetrievalModule:
+    m = cfg.model.ssvmr
+    _check_dims(cfg, "ssvmr", (("music", "music_dim", m.music_dim),
+                               ("video", "video_dim", m.video_dim)), dims)
+    return SSVMR(dataclasses.asdict(m), dataclasses.asdict(cfg.optim))
 
 
 def _vmnet(cfg: Config, dims: dict[str, int]) -> RetrievalModule:
@@ -75,10 +115,12 @@ def _vmnet(cfg: Config, dims: dict[str, int]) -> RetrievalModule:
 DATAMODULES: dict[str, Callable[[Config], StoreDataModule]] = {
     "himv200k": _himv200k,
     "youtube8m": _youtube8m,
+    "mvd": _mvd,
 }
 MODELS: dict[str, Callable[[Config, dict[str, int]], RetrievalModule]] = {
     "vmnet": _vmnet,
     "iiclvm": _iiclvm,
+    "ssvmr": _ssvmr,
 }
 
 

@@ -14,6 +14,8 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
 from datamodules.atomic import write_json, write_text
 from lightning_app.callbacks import RecallAtK
+from lightning_app.callbacks.back_retrieval import BackRetrieval
+from lightning_app.callbacks.self_training import SelfTraining
 from lightning_app.config import Config, to_dict, to_yaml
 from lightning_app.loggers import build_loggers, finish_loggers
 from lightning_app.registry import build_datamodule, build_model
@@ -35,13 +37,8 @@ def train(cfg: Config) -> tuple[dict[str, float], dict[str, Any]]:
                "run_dir": str(run_dir)}
     loggers = build_loggers(cfg, run_dir, hparams)
 
-    ckpt = cfg.checkpoint
-    checkpoint = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", monitor=ckpt.monitor, mode=ckpt.mode,
-        save_top_k=ckpt.save_top_k, save_last=ckpt.save_last,
-        filename="best-{epoch:03d}", auto_insert_metric_name=False,
-    )
-    recall = RecallAtK(cfg.eval.ks, cfg.eval.chunk_size, cfg.eval.curve_max_k, curve_dir=run_dir)
+    recall, checkpoint, training_set_changes = build_callbacks(cfg, run_dir)
+    callbacks = [recall, checkpoint, LearningRateMonitor("epoch"), *training_set_changes]
     t = cfg.trainer
     trainer = pl.Trainer(
         default_root_dir=str(run_dir),
@@ -50,8 +47,9 @@ def train(cfg: Config) -> tuple[dict[str, float], dict[str, Any]]:
         gradient_clip_val=t.gradient_clip_val, check_val_every_n_epoch=t.check_val_every_n_epoch,
         log_every_n_steps=t.log_every_n_steps, deterministic=t.deterministic,
         limit_train_batches=t.limit_train_batches, enable_progress_bar=t.enable_progress_bar,
-        logger=loggers, callbacks=[recall, checkpoint, LearningRateMonitor("epoch")],
-        enable_model_summary=False,
+        logger=loggers, callbacks=callbacks, enable_model_summary=False,
+        # Self-training and back retrieval change the training pairs between epochs.
+        reload_dataloaders_every_n_epochs=1 if training_set_changes else 0,
     )
     trainer.fit(model, datamodule=datamodule)
     best = checkpoint.best_model_path or None
@@ -71,6 +69,36 @@ def train(cfg: Config) -> tuple[dict[str, float], dict[str, Any]]:
     objects = {"trainer": trainer, "model": model, "datamodule": datamodule,
                "run_dir": Path(run_dir), "recall": recall}
     return metrics, objects
+
+
+def build_callbacks(cfg: Config, run_dir: Path) -> tuple[RecallAtK, ModelCheckpoint, list]:
+    """Evaluation, checkpointing, and the callbacks that rewrite the training pairs."""
+    ckpt = cfg.checkpoint
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", monitor=ckpt.monitor, mode=ckpt.mode,
+        save_top_k=ckpt.save_top_k, save_last=ckpt.save_last,
+        filename="best-{epoch:03d}", auto_insert_metric_name=False,
+    )
+    recall = RecallAtK(cfg.eval.ks, cfg.eval.chunk_size, cfg.eval.curve_max_k, curve_dir=run_dir)
+    changes: list = []
+    st = cfg.self_training
+    if st.enabled:
+        changes.append(SelfTraining(
+            epochs_per_round=st.epochs_per_round, rounds=st.rounds,
+            rank_threshold=st.rank_threshold, action=st.action, downweight=st.downweight,
+            reassign_margin=st.reassign_margin, fallback=st.fallback,
+            out_dir=run_dir / "pseudo_labels", batch_size=cfg.data.eval_batch_size,
+            chunk_size=cfg.eval.chunk_size,
+        ))
+    br = cfg.back_retrieval
+    if br.enabled:
+        changes.append(BackRetrieval(
+            every_n_epochs=br.every_n_epochs, start_epoch=br.start_epoch,
+            rank_tolerance=br.rank_tolerance, similarity_floor=br.similarity_floor,
+            weight=br.weight, max_new=br.max_new, batch_size=cfg.data.eval_batch_size,
+            chunk_size=cfg.eval.chunk_size,
+        ))
+    return recall, checkpoint, changes
 
 
 def _float(x: Any) -> float | None:

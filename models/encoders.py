@@ -1,7 +1,8 @@
 """Sequence encoders shared by II-CLVM / II-CLVTM (and SSVMR): frames [B, T, D] -> [B, d].
 
 `transformer`: input projection, sinusoidal positions, pre-norm Transformer encoder with a
-padding mask, masked mean pooling. `mean`: projection and masked mean (the baseline).
+padding mask, masked mean pooling (`frames` returns the per-frame features before pooling,
+e.g. for SSVMR's saliency attention). `mean`: projection and masked mean (the baseline).
 `bilstm`: a bidirectional LSTM over the projected frames, masked mean of its outputs.
 """
 
@@ -53,6 +54,11 @@ class TemporalEncoder(nn.Module):
                                 bidirectional=True, dropout=dropout if layers > 1 else 0.0)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """[B, T, in_dim] frames, [B, T] bool mask -> [B, d_model] (masked mean of `frames`)."""
+        return masked_pool(self.frames(x, mask), mask, "mean")
+
+    def frames(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Per-frame features [B, T, d_model] before pooling (padded rows hold no meaning)."""
         h = self.project(x)
         if self.kind == "transformer":
             h = self.body(self.positions(h), src_key_padding_mask=~mask)
@@ -65,4 +71,4 @@ class TemporalEncoder(nn.Module):
             h, _ = self.body(packed)
             h, _ = nn.utils.rnn.pad_packed_sequence(h, batch_first=True,
                                                     total_length=mask.shape[1])
-        return masked_pool(h, mask, "mean")
+        return h

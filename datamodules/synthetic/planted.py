@@ -9,6 +9,11 @@ dataset's feature dimensions. A fraction `noise` of *training* pairs is paired w
 pair's music (label noise); the truth is returned separately so writers can put it where
 loaders never look. Optional per-video text draws tokens from the style's vocabulary.
 
+Shared songs (MVD, where a song may serve several videos): with `shared_songs` > 0, that
+fraction of each split's pairs takes over the song of another pair of the same split
+(`song_source`), and with it that pair's content and style, so its video really shows the
+song's content. The default 0 draws nothing and changes nothing.
+
 Everything is deterministic in `seed`; each component has its own random stream, so e.g.
 changing `pairs` does not change the feature maps. Dataset writers (HIMV-200K, YouTube-8M,
 MVD) all build on `PlantedBenchmark` and only differ in how they lay the arrays on disk.
@@ -74,7 +79,7 @@ class PlantedSpec:
 
 # Stream ids keep the components independent of each other.
 _STREAM = {"styles": 1, "content": 2, "fm": 3, "fv": 4, "ids": 5, "spans": 6, "distract": 7,
-           "noise": 8, "text": 9, "music_noise": 10, "video_noise": 11}
+           "noise": 8, "text": 9, "music_noise": 10, "video_noise": 11, "shared": 12}
 
 
 class FeatureMap:
@@ -102,7 +107,9 @@ class FeatureMap:
 class PlantedBenchmark:
     """Draws the latent structure once; feature arrays are generated on demand, in chunks."""
 
-    def __init__(self, spec: PlantedSpec):
+    def __init__(self, spec: PlantedSpec, shared_songs: float = 0.0):
+        if not 0.0 <= shared_songs < 1.0:
+            raise ValueError(f"shared_songs={shared_songs} must be in [0, 1)")
         self.spec = spec
         n, s = spec.pairs, spec
         rng = self._rng
@@ -119,6 +126,12 @@ class PlantedBenchmark:
         self.split[n - s.test - s.val : n - s.test] = "val"
         self.split[n - s.test :] = "test"
         self.span_start, self.span_length = self._make_spans(rng("spans"))
+        # song_source[i]: the pair whose song pair i truly goes with (i unless shared).
+        self.song_source = np.arange(n)
+        if shared_songs > 0:
+            self.song_source = self._make_shared_songs(rng("shared"), shared_songs)
+            self.content = self.content[self.song_source]
+            self.style = self.style[self.song_source]
         drng = rng("distract")
         distract_style = drng.integers(0, s.styles, n)
         self.distractor = self.style_centres[distract_style] + s.tau * drng.normal(
@@ -166,9 +179,23 @@ class PlantedBenchmark:
             source[i] = j
         return source
 
+    def _make_shared_songs(self, rng: np.random.Generator, fraction: float) -> np.ndarray:
+        """Per split, `fraction` of the pairs take the song of a pair that keeps its own."""
+        source = np.arange(self.spec.pairs)
+        for split in ("train", "val", "test"):
+            members = np.flatnonzero(self.split == split)
+            k = min(int(round(fraction * len(members))), len(members) - 1)
+            if k < 1:
+                continue
+            sharers = rng.choice(members, k, replace=False)
+            owners = np.setdiff1d(members, sharers)
+            source[sharers] = rng.choice(owners, k)  # a song may serve several videos
+        return source
+
     @property
     def noisy(self) -> np.ndarray:
-        return self.music_source != np.arange(self.spec.pairs)
+        """Pairs whose written music is not their true song."""
+        return self.song_source[self.music_source] != self.song_source
 
     def _make_text(self, rng: np.random.Generator) -> list[str]:
         s = self.spec
@@ -212,6 +239,12 @@ class PlantedBenchmark:
         noise = self._noise("music_noise", idx, (self.spec.music_frames, self.spec.music_dim))
         return (clean + noise * self.music_map.scale).astype(np.float32)
 
+    def song_frames(self, idx: np.ndarray) -> np.ndarray:
+        """The true song of each pair in `idx` (no label noise): [len(idx), Tm, Dm]."""
+        clean = self.music_map.output(self.music_map.hidden(self.content[idx]))[:, None, :]
+        noise = self._noise("music_noise", idx, (self.spec.music_frames, self.spec.music_dim))
+        return (clean + noise * self.music_map.scale).astype(np.float32)
+
     def video_frames(self, idx: np.ndarray) -> np.ndarray:
         """Video features [len(idx), Tv, Dv]."""
         clean = self.video_map.output(self._video_hidden_frames(idx))
@@ -240,8 +273,8 @@ class PlantedBenchmark:
                 "id": self.ids[i],
                 "split": self.split[i],
                 "style": int(self.style[i]),
-                "true_music_id": self.ids[i],
-                "written_music_id": self.ids[self.music_source[i]],
+                "true_music_id": self.ids[self.song_source[i]],
+                "written_music_id": self.ids[self.song_source[self.music_source[i]]],
                 "noisy": bool(self.noisy[i]),
                 "span_start": int(self.span_start[i]),
                 "span_length": int(self.span_length[i]),

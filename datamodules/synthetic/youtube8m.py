@@ -2,8 +2,9 @@
 prepares).
 
     <out>/frame/{train,validate,test}XXXX.tfrecord   SequenceExamples: context id, labels,
-                                                     optional text; feature lists rgb
-                                                     (1024 uint8 per second), audio (128)
+                                                     optional text and text_emb; feature
+                                                     lists rgb (1024 uint8 per second),
+                                                     audio (128)
     <out>/vocabulary.csv                             the YouTube-8M vocabulary format
     <out>/truth.tsv, <out>/synth.json                hidden truth and the generator settings
 
@@ -18,12 +19,21 @@ Quantisation: YouTube-8M stores PCA-whitened features as uint8 codes of values c
 [-2, 2]. The planted features have arbitrary per-dimension scales and offsets, so each
 dimension is first standardised to mean 0 and standard deviation 0.5 (statistics of a fixed
 sample of pairs) and then quantised: q = round((x - 4/512 + 2) * 255/4), clipped to 0..255.
+
+Text embeddings: with text, each planted pair also gets a `text_emb` context feature (floats,
+`text_emb_dim` of them; 0 leaves it out), a deterministic stand-in for a sentence encoder
+(see `text_embeddings`): the record's bag of hashed tokens (CRC-32 of the lower-cased
+alphanumeric runs, as `models.text.hash_tokens`, in TEXT_EMB_BUCKETS buckets) times a fixed
+Gaussian projection drawn from the generator seed `[spec.seed, 89]`, L2-normalised. Same seed
+and text, same vectors; texts of one style share tokens, so their embeddings correlate.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +60,8 @@ VOCAB_HEADER = ("Index,TrainVideoCount,KnowledgeGraphId,Name,WikiUrl,Vertical1,V
 SPLIT_PREFIX = {"train": "train", "val": "validate", "test": "test"}
 CHUNK = 256
 _STD = 0.5
+TEXT_EMB_BUCKETS = 4096
+_TOKEN = re.compile(r"[0-9a-z]+")
 
 
 def quantize(x: np.ndarray) -> np.ndarray:
@@ -66,6 +78,25 @@ def vocabulary_csv() -> str:
         rows.append(f'{i},{1000 - 10 * i},/m/0{i:04x},{name},{wiki},Arts & Entertainment,,,'
                     f'"{name}, a synthetic label."')
     return "\n".join(rows) + "\n"
+
+
+def text_embeddings(texts: list[str], dim: int, seed: int) -> np.ndarray:
+    """float32 [len(texts), dim]: unit-norm random projections of bags of hashed tokens.
+
+    The stand-in for a sentence encoder (module docstring); a text without tokens gives the
+    zero vector.
+    """
+    if dim < 1:
+        raise ValueError(f"text_emb_dim={dim} must be >= 1")
+    proj = np.random.default_rng([seed, 89]).standard_normal((TEXT_EMB_BUCKETS, dim))
+    emb = np.zeros((len(texts), dim))
+    for row, text in enumerate(texts):
+        # bag of tokens @ proj: the projection rows of the tokens' buckets, repeats counted
+        buckets = [zlib.crc32(t.encode()) % TEXT_EMB_BUCKETS for t in _TOKEN.findall(text.lower())]
+        if buckets:
+            emb[row] = proj[buckets].sum(axis=0)
+    norm = np.linalg.norm(emb, axis=1, keepdims=True)
+    return (emb / np.maximum(norm, 1e-12)).astype(np.float32)
 
 
 def _lengths(rng: np.random.Generator, n: int, full: int) -> np.ndarray:
@@ -92,8 +123,12 @@ def write_youtube8m(
     progress: bool = True,
     non_music: float = 0.25,
     missing: float = 0.0,
+    text_emb_dim: int = 64,
 ) -> Path:
-    """Write `spec` as YouTube-8M frame-level files under `out` (atomically); returns `out`."""
+    """Write `spec` as YouTube-8M frame-level files under `out` (atomically); returns `out`.
+
+    With text, `text_emb_dim` > 0 also writes each pair's `text_emb` (module docstring).
+    """
     if spec.music_dim != 128 or spec.video_dim != 1024:
         spec = dataclasses.replace(spec, music_dim=128, video_dim=1024)
     if text and not spec.text:
@@ -102,6 +137,8 @@ def write_youtube8m(
         raise ValueError(f"shards={shards} must be >= 1")
     if non_music < 0.0 or not 0.0 <= missing < 1.0:
         raise ValueError(f"non_music={non_music} must be >= 0 and missing={missing} in [0, 1)")
+    if text_emb_dim < 0:
+        raise ValueError(f"text_emb_dim={text_emb_dim} must be >= 0 (0: no text embeddings)")
     out = Path(out)
     if out.exists() and not (out / "synth.json").exists():
         if not out.is_dir() or any(out.iterdir()):
@@ -111,6 +148,9 @@ def write_youtube8m(
             )
     bench = PlantedBenchmark(spec)
     n = spec.pairs
+    text_emb = None
+    if bench.text is not None and text_emb_dim > 0:
+        text_emb = text_embeddings(bench.text, text_emb_dim, spec.seed)
     rng = np.random.default_rng([spec.seed, 88])
     # rgb and audio are both 1 Hz in YouTube-8M: one length per video, scaled per modality.
     video_len = _lengths(rng, n, spec.video_frames)
@@ -146,6 +186,8 @@ def write_youtube8m(
                 ctx = {"id": bench.ids[i], "labels": labels[i]}
                 if bench.text is not None:
                     ctx["text"] = bench.text[i]
+                if text_emb is not None:
+                    ctx["text_emb"] = text_emb[i]
                 lists = {"rgb": list(video[row, : lengths["video"][i]])}
                 if not no_audio[i]:
                     lists["audio"] = list(music[row, : lengths["music"][i]])
@@ -174,6 +216,8 @@ def write_youtube8m(
         (tmp / TRUTH_FILE).write_text(truth_tsv(bench))
         settings = {"dataset": "youtube8m", "shards": shards, "non_music": non_music,
                     "missing": missing, **dataclasses.asdict(spec)}
+        if text_emb is not None:  # absent otherwise, as in files written before text_emb
+            settings["text_emb_dim"] = text_emb_dim
         (tmp / "synth.json").write_text(json.dumps(settings, indent=2) + "\n")
     return out
 

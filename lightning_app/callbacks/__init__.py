@@ -1,5 +1,7 @@
-"""Callbacks: Recall@K evaluation (exact, chunked, distributed-safe)."""
+"""Callbacks: Recall@K evaluation; SSVMR self-training and back retrieval (training pairs)."""
 
+from lightning_app.callbacks.back_retrieval import BackRetrieval
 from lightning_app.callbacks.recall_at_k import RecallAtK
+from lightning_app.callbacks.self_training import SelfTraining
 
-__all__ = ["RecallAtK"]
+__all__ = ["BackRetrieval", "RecallAtK", "SelfTraining"]

@@ -1,0 +1,264 @@
+"""MVD (Music Video Dataset, Pretet et al. 2021) in a generic layout, packed into the store.
+
+MVD's own file format was not published in a form we could read, so any dataset of split
+lists plus per-id feature arrays works (`vmr synth --dataset mvd` writes one):
+
+    <root>/splits/{train,val,test}.csv      header `video_id,music_id` (further columns are
+                                            ignored); a song may serve several videos
+    <root>/features/video/<video_id>.npy    [frames, Dv] float (or [Dv]: one frame)
+    <root>/features/music/<music_id>.npy    [frames, Dm] float (or [Dm])
+
+Dimensions are read from the first file of each modality (the first train row); every other
+file must agree. MVD is curated, so unlike HIMV-200K nothing is skipped: a listed id without
+its feature file, a wrong dimension, NaN/inf values, a repeated (video_id, music_id) row, a
+video listed in two splits or a missing split file is a DataError naming the file (and
+line). A video may appear twice in one split with different songs (several positives).
+
+Store: one row per CSV row, frames as float32. Music frames are stored per row, so a song
+shared by several videos is stored once per video (simple and mmap-friendly; songs are
+small); rows keep `music_id`, so evaluation de-duplicates the music gallery by it. The
+source fingerprint covers the CSV bytes and the feature files' names, sizes and mtimes.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from datamodules.base import StoreDataModule
+from datamodules.errors import DataError
+from datamodules.feature_store import SPLITS, Item, ModalitySpec, StoreSplit, read_meta, write_store
+from datamodules.himv200k import load_feature
+from datamodules.progress import progress_bar
+from datamodules.sampling import SparseFrameDataset
+
+log = logging.getLogger("vmr")
+
+PREPARE_VERSION = 1
+COLUMNS = ("video_id", "music_id")
+MODALITIES = ("video", "music")
+
+
+class Row(NamedTuple):
+    video_id: str
+    music_id: str
+    where: str  # "<csv>:<line>"
+
+
+def _require_root(root: Path) -> None:
+    if not root.is_dir():
+        raise DataError(
+            f"{root}: MVD data folder not found; generate synthetic data with "
+            f"`vmr synth --dataset mvd --out {root}` or put splits/{{train,val,test}}.csv and "
+            "features/{video,music}/<id>.npy there (see README, Datasets)"
+        )
+
+
+def split_files(root: Path) -> dict[str, Path]:
+    folder = root / "splits"
+    files = {s: folder / f"{s}.csv" for s in SPLITS}
+    missing = [p.name for p in files.values() if not p.is_file()]
+    if missing:
+        raise DataError(
+            f"{folder}: missing split file(s) {', '.join(missing)} (MVD needs train.csv, "
+            "val.csv and test.csv with the header video_id,music_id)"
+        )
+    return files
+
+
+def _valid_name(name: str) -> bool:
+    return bool(name) and name not in (".", "..") and not set(name) & {"/", "\\", "\0"}
+
+
+def read_split(path: Path) -> list[Row]:
+    """The rows of one split CSV, with each row's file:line."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            fields = [c.strip() for c in reader.fieldnames or ()]
+            if not set(COLUMNS) <= set(fields):
+                raise DataError(f"{path}:1: header must name the columns video_id and music_id, "
+                                f"got {','.join(fields) or 'nothing'}")
+            reader.fieldnames = fields
+            rows = []
+            for rec in reader:
+                where = f"{path}:{reader.line_num}"
+                vid, mid = (str(rec.get(c) or "").strip() for c in COLUMNS)
+                for column, value in zip(COLUMNS, (vid, mid)):
+                    if not _valid_name(value):
+                        raise DataError(f"{where}: {column} {value!r} is not a valid file name")
+                rows.append(Row(vid, mid, where))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except csv.Error as e:
+        raise DataError(f"{path}: malformed CSV ({e})") from None
+    if not rows:
+        raise DataError(f"{path}: no rows (only a header)")
+    return rows
+
+
+def read_splits(root: str | Path) -> dict[str, list[Row]]:
+    """All three splits, checked: no repeated pair, no video in two splits."""
+    root = Path(root)
+    splits = {s: read_split(p) for s, p in split_files(root).items()}
+    pairs: dict[tuple[str, str], str] = {}
+    video_split: dict[str, tuple[str, str]] = {}  # video -> (split, where)
+    for split, rows in splits.items():
+        for row in rows:
+            key = (row.video_id, row.music_id)
+            if key in pairs:
+                raise DataError(f"{row.where}: row (video_id {row.video_id}, music_id "
+                                f"{row.music_id}) repeats {pairs[key]}")
+            pairs[key] = row.where
+            other = video_split.setdefault(row.video_id, (split, row.where))
+            if other[0] != split:
+                raise DataError(f"{row.where}: video {row.video_id} is also in split "
+                                f"'{other[0]}' ({other[1]}); a video belongs to one split")
+    return splits
+
+
+def _feature_files(root: Path, modality: str) -> dict[str, os.DirEntry]:
+    folder = root / "features" / modality
+    if not folder.is_dir():
+        return {}
+    return {e.name[:-4]: e for e in os.scandir(folder) if e.name.endswith(".npy")}
+
+
+def _check_features(root: Path, splits: dict[str, list[Row]]) -> None:
+    present = {m: _feature_files(root, m) for m in MODALITIES}
+    for rows in splits.values():
+        for row in rows:
+            for m, key in zip(MODALITIES, (row.video_id, row.music_id)):
+                if key not in present[m]:
+                    raise DataError(f"{row.where}: {m} id {key} has no feature file "
+                                    f"{root / 'features' / m / f'{key}.npy'}")
+
+
+def _probe_dim(path: Path) -> int:
+    """The feature dimension of one file ([D] or [frames, D])."""
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as e:  # numpy raises several types for corrupt files
+        raise DataError(f"{path}: cannot read features ({type(e).__name__}: {e})") from None
+    if arr.ndim not in (1, 2) or arr.shape[-1] == 0:
+        raise DataError(f"{path}: expected shape (dim,) or (frames, dim), got {arr.shape}")
+    return int(arr.shape[-1])
+
+
+def fingerprint(root: str | Path) -> str:
+    """Changes when a split file or any feature file (name, size, mtime) changes."""
+    root = Path(root)
+    h = hashlib.sha256(f"mvd {PREPARE_VERSION}".encode())
+    for split, path in split_files(root).items():
+        h.update(split.encode() + b"\0" + path.read_bytes() + b"\0")
+    for m in MODALITIES:
+        entries = sorted((name, e.stat().st_size, e.stat().st_mtime_ns)
+                         for name, e in _feature_files(root, m).items())
+        h.update(json.dumps([m, entries]).encode())
+    return h.hexdigest()
+
+
+def pack_mvd(root: str | Path, out: str | Path | None = None, progress: bool = True) -> Path:
+    """Read the MVD layout under `root` (module docstring) and write the store to `out`."""
+    root = Path(root)
+    out = Path(out) if out else root / "store"
+    _require_root(root)
+    splits = read_splits(root)
+    _check_features(root, splits)
+    folder = {m: root / "features" / m for m in MODALITIES}
+    first = splits["train"][0]
+    dims = {"video": _probe_dim(folder["video"] / f"{first.video_id}.npy"),
+            "music": _probe_dim(folder["music"] / f"{first.music_id}.npy")}
+    total = sum(len(rows) for rows in splits.values())
+    bar = progress_bar(progress, total=total, desc="prepare mvd", unit="pair")
+
+    def items(split: str) -> Iterator[Item]:
+        for row in splits[split]:
+            arrays = {m: load_feature(folder[m] / f"{key}.npy", dims[m], key)
+                      for m, key in zip(MODALITIES, (row.video_id, row.music_id))}
+            bar.update(1)
+            yield Item(row.video_id, row.music_id, arrays)
+
+    songs = {row.music_id for rows in splits.values() for row in rows}
+    source = {"dataset": "mvd", "root": str(root.resolve()), "fingerprint": fingerprint(root),
+              "rows": {s: len(r) for s, r in splits.items()}, "songs": len(songs)}
+    modalities = {m: ModalitySpec(dims[m], "float32") for m in MODALITIES}
+    try:
+        write_store(out, {s: items(s) for s in SPLITS}, modalities, source)
+    finally:
+        bar.close()
+    log.info("mvd: packed %d rows (%s; %d distinct songs) into %s", total,
+             ", ".join(f"{s} {len(r)}" for s, r in splits.items()), len(songs), out)
+    return out
+
+
+def store_is_current(root: str | Path, store: str | Path) -> bool:
+    try:
+        meta = read_meta(store)
+    except DataError:
+        return False
+    return meta["source"].get("fingerprint") == fingerprint(root)
+
+
+class MVDDataModule(StoreDataModule):
+    """MVD-style split CSVs + per-id arrays, `frames` GS-sampled frames per modality."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        store: str | Path | None = None,
+        batch_size: int = 256,
+        eval_batch_size: int = 1000,
+        num_workers: int = 0,
+        frames: int = 32,
+        synthetic: dict | None = None,
+    ):
+        super().__init__(root, store, batch_size, eval_batch_size, num_workers)
+        if frames < 1:
+            raise DataError(f"frames={frames} must be >= 1")
+        self.frames = frames
+        self.synthetic = synthetic
+
+    def ensure_store(self) -> Path:
+        if self.synthetic is not None:
+            self._ensure_synthetic()
+        _require_root(self.root)  # a clear error before any "packing" message
+        if not store_is_current(self.root, self.store_path):
+            log.info("mvd: packing %s into %s", self.root, self.store_path)
+            pack_mvd(self.root, self.store_path)
+        return self.store_path
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        meta = read_meta(self.store_path)
+        for split in SPLITS:
+            if split not in meta["splits"]:
+                raise DataError(f"{self.store_path}: store has no '{split}' split")
+            self.datasets[split] = SparseFrameDataset(
+                StoreSplit(self.store_path, split, meta), self.frames, train=split == "train"
+            )
+
+    def _ensure_synthetic(self) -> None:
+        from datamodules.synthetic.ensure import ensure_synthetic, planted_spec
+        from datamodules.synthetic.mvd import SHARED_SONGS, mvd_settings, write_mvd
+
+        settings = dict(self.synthetic or {})
+        shared = float(settings.pop("shared_songs", SHARED_SONGS))
+        if settings.pop("missing", 0.0):
+            raise DataError("data.synthetic.missing: MVD is curated (every listed id has "
+                            "features); use 0")
+        if not 0.0 <= shared < 1.0:
+            raise DataError(f"data.synthetic.shared_songs={shared} must be in [0, 1)")
+        spec = planted_spec(mvd_settings(settings))
+        wanted = {"dataset": "mvd", "shared_songs": shared, **dataclasses.asdict(spec)}
+        ensure_synthetic(self.root, wanted, lambda: write_mvd(spec, self.root, shared), "mvd")

@@ -1,0 +1,84 @@
+"""Write the planted benchmark in the generic MVD layout that `datamodules.mvd` reads.
+
+    <out>/splits/{train,val,test}.csv      header `video_id,music_id`, one row per pair
+    <out>/features/video/<video_id>.npy    [video_frames, video_dim] float32
+    <out>/features/music/<music_id>.npy    [music_frames, music_dim] float32, one per song
+    <out>/truth.tsv, <out>/synth.json      hidden truth and the generator settings
+
+Songs: a song's id is the id of the pair that owns it. A fraction `shared_songs` of each
+split's videos truly goes with another pair's song (same content: the video shows that
+song's content; see `PlantedBenchmark`), so its row names that song and no music file of
+its own is written. Label noise (`spec.noise`) gives noisy training rows another training
+pair's song id; truth.tsv holds the true and written song of every video. Dimensions and
+frame counts are the spec's (MVD features are configurable); `MUSIC_DIM`/`VIDEO_DIM` are the
+defaults the DataModule and `vmr synth --dataset mvd` use. The folder is written atomically
+and replaces an earlier synthetic folder, but never a folder of other data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+
+from datamodules.atomic import atomic_directory
+from datamodules.errors import DataError
+from datamodules.progress import progress_bar
+from datamodules.synthetic.planted import PlantedBenchmark, PlantedSpec
+from datamodules.synthetic.truth import TRUTH_FILE, truth_tsv
+
+MUSIC_DIM = 128
+VIDEO_DIM = 512
+SPAN = 0.3  # short salient spans: the SSVMR setting
+SHARED_SONGS = 0.1
+CHUNK = 512
+
+
+def mvd_settings(settings: dict) -> dict:
+    """`settings` (PlantedSpec keywords) with the MVD defaults for the keys it lacks."""
+    return {"music_dim": MUSIC_DIM, "video_dim": VIDEO_DIM, "span": SPAN, **settings}
+
+
+def write_mvd(
+    spec: PlantedSpec, out: str | Path, shared_songs: float = SHARED_SONGS, progress: bool = True
+) -> Path:
+    """Write `spec` in the MVD layout under `out` (atomically); returns `out`."""
+    if not 0.0 <= shared_songs < 1.0:
+        raise ValueError(f"shared_songs={shared_songs} must be in [0, 1)")
+    out = Path(out)
+    if out.exists() and not (out / "synth.json").exists():
+        if not out.is_dir() or any(out.iterdir()):
+            raise DataError(
+                f"{out}: exists and is not a synthetic dataset (no synth.json); "
+                "refusing to replace it, choose another --out"
+            )
+    bench = PlantedBenchmark(spec, shared_songs=shared_songs)
+    n = spec.pairs
+    song = bench.song_source
+    written = song[bench.music_source]  # the song each row names (label noise applied)
+    with atomic_directory(out) as tmp:
+        (tmp / "splits").mkdir()
+        video_dir, music_dir = tmp / "features" / "video", tmp / "features" / "music"
+        video_dir.mkdir(parents=True)
+        music_dir.mkdir(parents=True)
+        for split in ("train", "val", "test"):
+            rows = [f"{bench.ids[i]},{bench.ids[written[i]]}\n"
+                    for i in np.flatnonzero(bench.split == split)]
+            (tmp / "splits" / f"{split}.csv").write_text("video_id,music_id\n" + "".join(rows))
+        bar = progress_bar(progress, total=n, desc=f"synth mvd -> {out}", unit="pair")
+        for start in range(0, n, CHUNK):
+            idx = np.arange(start, min(n, start + CHUNK))
+            for i, frames in zip(idx, bench.video_frames(idx)):
+                np.save(video_dir / f"{bench.ids[i]}.npy", frames)
+            owners = idx[song[idx] == idx]
+            if len(owners):
+                for i, frames in zip(owners, bench.song_frames(owners)):
+                    np.save(music_dir / f"{bench.ids[i]}.npy", frames)
+            bar.update(len(idx))
+        bar.close()
+        (tmp / TRUTH_FILE).write_text(truth_tsv(bench))
+        settings = {"dataset": "mvd", "shared_songs": shared_songs, **dataclasses.asdict(spec)}
+        (tmp / "synth.json").write_text(json.dumps(settings, indent=2) + "\n")
+    return out
