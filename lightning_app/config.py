@@ -325,8 +325,7 @@ def load_config(
     base = experiments_dir / "base.yaml"
     if base.exists():
         layers.append((str(base), _read_yaml(base)))
-    path = experiments_dir / f"{name}.yaml"
-    layers.append((str(path), _read_yaml(path)))
+    layers += _experiment_layers(experiments_dir, name, names, chain=())
     layers.append(("command line", _parse_overrides(overrides)))
 
     merged = OmegaConf.structured(Config)
@@ -343,6 +342,31 @@ def load_config(
     assert isinstance(cfg, Config)
     validate(cfg)
     return cfg
+
+
+EXTENDS = "extends"
+
+
+def _experiment_layers(experiments_dir: Path, name: str, names: list[str],
+                       chain: tuple[str, ...]) -> list[tuple[str, dict]]:
+    """NAME.yaml, preceded by the experiment it `extends` (recursively), outermost first.
+
+    An ablation then states only what it changes, e.g. `extends: ssvmr_synthetic` plus
+    `model: {ssvmr: {mixing: {enabled: false}}}`.
+    """
+    path = experiments_dir / f"{name}.yaml"
+    layer = dict(_read_yaml(path))
+    parent = layer.pop(EXTENDS, None)
+    if parent is None:
+        return [(str(path), layer)]
+    if not isinstance(parent, str) or parent not in names:
+        raise ConfigError(
+            f"{path}: '{EXTENDS}: {parent}' is not an experiment (choose from: {', '.join(names)})"
+        )
+    if parent in chain or parent == name:
+        cycle = " -> ".join((*chain, name, parent))
+        raise ConfigError(f"{path}: '{EXTENDS}' forms a cycle ({cycle})")
+    return [*_experiment_layers(experiments_dir, parent, names, (*chain, name)), (str(path), layer)]
 
 
 def to_dict(cfg: Config) -> dict:

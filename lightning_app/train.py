@@ -64,6 +64,10 @@ def train(cfg: Config) -> tuple[dict[str, float], dict[str, Any]]:
             "best_val": _float(checkpoint.best_model_score), "git_commit": commit,
             "seed": cfg.seed, "experiment": cfg.name,
         })
+        for callback in training_set_changes:
+            # Per-round counts (flagged, re-assigned, precision/recall vs planted noise, ...).
+            name = "self_training" if isinstance(callback, SelfTraining) else "back_retrieval"
+            write_json(run_dir / f"{name}.json", callback.history)
         print(metrics_table(metrics, "test", title=f"{cfg.name}: test metrics ({run_dir})"))
     finish_loggers(loggers)
     objects = {"trainer": trainer, "model": model, "datamodule": datamodule,

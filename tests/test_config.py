@@ -306,3 +306,33 @@ def test_invalid_base_yaml_names_the_file(exp_dir):
     base = exp_dir / "base.yaml"
     base.write_text("seed: [1\n")
     assert _error("toy", experiments_dir=exp_dir).startswith(f"{base}: not valid YAML (")
+
+
+def _write_experiments(folder, **files):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "base.yaml").write_text("seed: 1\n")
+    for name, text in files.items():
+        (folder / f"{name}.yaml").write_text(text)
+    return folder
+
+
+def test_extends_layers_parent_then_child_then_overrides(tmp_path):
+    folder = _write_experiments(
+        tmp_path / "exp",
+        parent="data:\n  batch_size: 64\noptim:\n  lr: 0.5\n",
+        child="extends: parent\noptim:\n  lr: 0.25\n",
+        grandchild="extends: child\ndata:\n  eval_batch_size: 7\n",
+    )
+    cfg = load_config("grandchild", ["seed=9"], experiments_dir=folder)
+    assert (cfg.data.batch_size, cfg.optim.lr, cfg.data.eval_batch_size, cfg.seed) == (
+        64, 0.25, 7, 9)
+    assert cfg.name == "grandchild"
+
+
+def test_extends_unknown_or_cyclic_is_one_line_error(tmp_path):
+    folder = _write_experiments(tmp_path / "exp", a="extends: b\n", b="extends: a\n",
+                                c="extends: nope\n")
+    with pytest.raises(ConfigError, match=r"'extends' forms a cycle \(a -> b -> a\)"):
+        load_config("a", experiments_dir=folder)
+    with pytest.raises(ConfigError, match=r"c\.yaml: 'extends: nope' is not an experiment"):
+        load_config("c", experiments_dir=folder)

@@ -207,6 +207,11 @@ class SelfTraining(Callback):
                              downweight=self.downweight, reassign_margin=self.reassign_margin,
                              fallback=self.fallback, chunk_size=self.chunk_size)
         r = self.round + 1
+        if not len(result.pairs):
+            raise RuntimeError(
+                f"self-training round {r} would drop all {len(dataset)} training pairs "
+                f"(rank_threshold={self.rank_threshold} with action/fallback 'drop')"
+            )
         metrics: dict[str, float] = {"round": float(r), "pairs": float(len(result.pairs))}
         metrics.update({k: float(v) for k, v in result.counts().items()})
         truth = self._load_truth(dm.truth_path, dataset.ids)
