@@ -131,6 +131,11 @@ def test_every_repo_experiment_loads_and_keeps_its_values(name):
     resolved = to_dict(cfg)
     raw = yaml.safe_load((EXPERIMENTS_DIR / f"{name}.yaml").read_text()) or {}
     raw.pop("name", None)
+    parent = raw.pop("extends", None)
+    if parent is not None:
+        # An ablation differs from its parent exactly where it says it does.
+        assert parent in experiment_names()
+        assert to_dict(load_config(parent)) != {**resolved, "name": parent}
     _assert_leaves_match(raw, resolved, "")
 
 

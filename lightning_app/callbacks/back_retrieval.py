@@ -150,7 +150,7 @@ class BackRetrieval(Callback):
                    "added": float(len(result.video_rows))}
         key = str(dm.truth_path)
         if key not in self._truth:
-            self._truth[key] = PairTruth.load(dm.truth_path, dataset.ids)
+            self._truth[key] = PairTruth.load(dm.truth_path, dataset.ids, dataset.music_ids)
         truth = self._truth[key]
         if truth is not None:
             same = sum(truth.style(dataset.ids[v])

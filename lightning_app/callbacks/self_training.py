@@ -214,7 +214,7 @@ class SelfTraining(Callback):
             )
         metrics: dict[str, float] = {"round": float(r), "pairs": float(len(result.pairs))}
         metrics.update({k: float(v) for k, v in result.counts().items()})
-        truth = self._load_truth(dm.truth_path, dataset.ids)
+        truth = self._load_truth(dm.truth_path, dataset.ids, dataset.music_ids)
         if truth is not None:
             metrics.update(measure(result, dataset.ids, dataset.music_ids, truth))
         path = (self.out_dir / f"round_{r}.jsonl").resolve()
@@ -230,10 +230,11 @@ class SelfTraining(Callback):
                              "global_step": int(trainer.global_step), "file": str(path)})
         return metrics
 
-    def _load_truth(self, path: Path | None, ids: list[str]) -> PairTruth | None:
+    def _load_truth(self, path: Path | None, ids: list[str],
+                    music_ids: list[str]) -> PairTruth | None:
         key = str(path)
         if key not in self._truth:
-            self._truth[key] = PairTruth.load(path, ids)
+            self._truth[key] = PairTruth.load(path, ids, music_ids)
         return self._truth[key]
 
     def _reapply(self, dm: Any) -> None:

@@ -1,10 +1,12 @@
 """The planted truth of a synthetic dataset, read only to MEASURE self-training and back retrieval.
 
-`truth.tsv` has one row per pair id: `style`, `true_music_id`, `written_music_id` (whose music
-was written into this pair's music file) and `noisy`. Stores name each pair's music after the
-pair (`music_id == id`), so the song a store music id really is, is the `written_music_id` of
-that id's truth row: a re-assigned pair (video v, music m) is correct when
-`written_music_id(m) == true_music_id(v)`. Nothing here is ever used to choose pairs.
+`truth.tsv` has one row per pair id: `style`, `true_music_id`, `written_music_id` (the song
+whose music was written for this pair) and `noisy`. Datasets name music differently: HIMV-200K
+and YouTube-8M stores name each pair's music after the pair (`music_id == id`), MVD after the
+song itself (`music_id == written_music_id`). Both are covered by reading the song a store
+music id really holds off the training rows: the row (video v, music m) says that m holds
+`written_music_id(v)`. A re-assigned pair (video v, music m) is then correct when that song is
+`true_music_id(v)`. Nothing here is ever used to choose pairs.
 """
 
 from __future__ import annotations
@@ -20,12 +22,16 @@ log = logging.getLogger("vmr")
 
 
 class PairTruth:
-    def __init__(self, rows: dict[str, dict[str, str]]):
+    def __init__(self, rows: dict[str, dict[str, str]], ids: Sequence[str],
+                 music_ids: Sequence[str]):
         self.rows = rows
+        # The song each store music id holds, read off the (video, music) rows of the split.
+        self.songs = {m: rows[v]["written_music_id"] for v, m in zip(ids, music_ids)}
 
     @classmethod
-    def load(cls, path: str | Path | None, ids: Sequence[str]) -> PairTruth | None:
-        """The truth for these (train) ids, or None without a truth file or when ids lack rows."""
+    def load(cls, path: str | Path | None, ids: Sequence[str],
+             music_ids: Sequence[str]) -> PairTruth | None:
+        """The truth for these (train) rows, or None without a truth file or when ids lack rows."""
         if path is None or not Path(path).is_file():
             return None
         with open(path, newline="", encoding="utf-8") as f:
@@ -35,15 +41,14 @@ class PairTruth:
             log.warning("%s: no truth for %d train ids (e.g. %s); not measuring against it",
                         path, len(missing), missing[0])
             return None
-        return cls(rows)
+        return cls(rows, ids, music_ids)
 
     def noisy(self, ids: Sequence[str]) -> np.ndarray:
         return np.array([self.rows[i]["noisy"].strip().lower() == "true" for i in ids], dtype=bool)
 
     def song(self, music_id: str) -> str:
-        """The pair whose music a store music id really holds (itself when clean)."""
-        row = self.rows.get(music_id)
-        return row["written_music_id"] if row is not None else music_id
+        """The song (its owning pair's id) that a store music id really holds."""
+        return self.songs.get(music_id, music_id)
 
     def true_music(self, video_id: str) -> str:
         return self.rows[video_id]["true_music_id"]
