@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import os
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -154,6 +155,24 @@ def _probe_dim(path: Path) -> int:
     return int(arr.shape[-1])
 
 
+def _common_dim(folder: Path, modality: str, ids: set[str]) -> int:
+    """The dimension all `ids`' files share, read from their headers (memory-mapped).
+
+    The majority decides, so a single odd file is the one named in the error, whichever
+    file happens to be read first.
+    """
+    dims = {key: _probe_dim(folder / f"{key}.npy") for key in sorted(ids)}
+    counts = Counter(dims.values())
+    common, n = counts.most_common(1)[0]
+    if len(counts) > 1:
+        odd = next(key for key, d in dims.items() if d != common)
+        raise DataError(
+            f"{folder / f'{odd}.npy'}: {modality} dimension {dims[odd]}, but {n} other "
+            f"{modality} files have dimension {common}"
+        )
+    return common
+
+
 def fingerprint(root: str | Path) -> str:
     """Changes when a split file or any feature file (name, size, mtime) changes."""
     root = Path(root)
@@ -175,9 +194,8 @@ def pack_mvd(root: str | Path, out: str | Path | None = None, progress: bool = T
     splits = read_splits(root)
     _check_features(root, splits)
     folder = {m: root / "features" / m for m in MODALITIES}
-    first = splits["train"][0]
-    dims = {"video": _probe_dim(folder["video"] / f"{first.video_id}.npy"),
-            "music": _probe_dim(folder["music"] / f"{first.music_id}.npy")}
+    dims = {m: _common_dim(folder[m], m, {getattr(row, f"{m}_id") for rows in splits.values()
+                                          for row in rows}) for m in MODALITIES}
     total = sum(len(rows) for rows in splits.values())
     bar = progress_bar(progress, total=total, desc="prepare mvd", unit="pair")
 

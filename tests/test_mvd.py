@@ -191,11 +191,15 @@ def test_wrong_dimension(tmp_path: Path):
     root = _make(tmp_path / "m")
     path = root / "features" / "video" / "v4.npy"
     np.save(path, np.zeros((3, 5)))
-    assert _error(root) == f"{path}: expected shape (6,) or (frames, 6), got (3, 5)"
+    others = len(list(path.parent.glob("*.npy"))) - 1
+    assert _error(root) == (
+        f"{path}: video dimension 5, but {others} other video files have dimension 6")
     root = _make(tmp_path / "n")
     path = root / "features" / "music" / "s5.npy"
     np.save(path, np.zeros(7))
-    assert _error(root) == f"{path}: expected shape (4,) or (frames, 4), got (7,)"
+    others = len(list(path.parent.glob("*.npy"))) - 1
+    assert _error(root) == (
+        f"{path}: music dimension 7, but {others} other music files have dimension 4")
 
 
 def test_nan_values(tmp_path: Path):
