@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 NAME ?= quickstart
 ARGS ?=
 
-.PHONY: help install exp test test-full bench lint clean
+.PHONY: help install exp test test-slow test-full bench lint clean
 
 help: ## Show this help
 	@echo "usage: make <target> [NAME=experiment] [ARGS=\"key=value ...\"]"
@@ -30,6 +30,9 @@ exp: install ## Run an experiment: make exp NAME=quickstart ARGS="trainer.max_ep
 
 test: install ## Fast test suite
 	$(BIN)/python -m pytest -q
+
+test-slow: install ## Only the slow tests: multi-process (DDP/gloo), bf16, end-to-end, bench smoke
+	$(BIN)/python -m pytest -q -m slow
 
 test-full: install ## Full test suite, including slow end-to-end and multi-process tests
 	$(BIN)/python -m pytest -q -m "slow or not slow"

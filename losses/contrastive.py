@@ -47,6 +47,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from losses.distributed import (
+    gather_known_sizes,
+    gather_sizes,
+    gather_with_grad,
+    world_and_rank,
+)
 from losses.precision import autocast_off, upcast
 
 __all__ = [
@@ -56,66 +62,6 @@ __all__ = [
     "symmetric_info_nce",
 ]
 
-
-
-
-
-def _world() -> tuple[int, int]:
-    """(world_size, rank); (1, 0) when torch.distributed is not initialised."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(), dist.get_rank()
-    return 1, 0
-
-
-def _gather_sizes(n: int, device: torch.device, world: int) -> list[int]:
-    """Every rank's local row count (one small collective, no gradient)."""
-    size = torch.tensor([n], dtype=torch.long, device=device)
-    sizes = [torch.zeros_like(size) for _ in range(world)]
-    dist.all_gather(sizes, size)
-    return [int(s.item()) for s in sizes]
-
-
-class _GatherWithGrad(torch.autograd.Function):
-    """All-gather rows of possibly different counts; backward sums over ranks, keeps own slice."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, sizes: tuple[int, ...], rank: int) -> torch.Tensor:
-        max_n = max(sizes)
-        x = x.contiguous()
-        if x.shape[0] < max_n:  # all_gather needs equal shapes: pad, gather, then trim
-            pad = x.new_zeros((max_n - x.shape[0], *x.shape[1:]))
-            padded = torch.cat([x, pad], dim=0)
-        else:
-            padded = x
-        parts = [torch.empty_like(padded) for _ in sizes]
-        dist.all_gather(parts, padded)
-        parts[rank] = x  # own rows exactly as given (bit-identical, no round trip)
-        ctx.offset = sum(sizes[:rank])
-        ctx.n = x.shape[0]
-        return torch.cat([p[:s] for p, s in zip(parts, sizes)], dim=0)
-
-    @staticmethod
-    def backward(ctx, grad_output: torch.Tensor):
-        grad = grad_output.contiguous().clone()
-        # Every rank's loss depends on every rank's rows: SUM their gradients, keep ours.
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        return grad[ctx.offset : ctx.offset + ctx.n], None, None
-
-
-def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """All-gather ``x`` ([B_local, ...]) from every process along dim 0, differentiably.
-
-    The result is the rank-ordered concatenation ``[x_rank0; x_rank1; ...]`` (ranks may hold
-    different ``B_local``). In backward, the gradient of the gathered tensor is SUMMED over all
-    ranks and each rank receives the slice belonging to its own rows, so gradients from every
-    rank's loss flow back to the rows that produced them. Returns ``x`` itself (no copy) when
-    torch.distributed is not initialised or the world has one process.
-    """
-    world, rank = _world()
-    if world == 1:
-        return x
-    sizes = tuple(_gather_sizes(x.shape[0], x.device, world))
-    return _GatherWithGrad.apply(x, sizes, rank)
 
 
 def _soft_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -179,13 +125,13 @@ def symmetric_info_nce(
 
 def _info_nce_fp32(video_emb, music_emb, logit_scale, weights, soft_targets) -> torch.Tensor:
     b = video_emb.shape[0]
-    world, rank = _world()
+    world, rank = world_and_rank()
     video = upcast(video_emb)
     music = upcast(music_emb)
     if world > 1:
-        sizes = _gather_sizes(b, video.device, world)
-        video_all = _GatherWithGrad.apply(video, tuple(sizes), rank)
-        music_all = _GatherWithGrad.apply(music, tuple(sizes), rank)
+        sizes = gather_sizes(b, video.device, world)
+        video_all = gather_known_sizes(video, tuple(sizes), rank)
+        music_all = gather_known_sizes(music, tuple(sizes), rank)
         offset, n_global = sum(sizes[:rank]), sum(sizes)
     else:
         video_all, music_all, offset, n_global = video, music, 0, b

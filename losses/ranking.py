@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from losses.distributed import gather_global, world_and_rank
 from losses.precision import autocast_off
 
 __all__ = ["inter_modal_ranking_loss", "triplet_ranking_loss_with_margins"]
@@ -36,20 +37,21 @@ def _check_pair_batch(music_emb: torch.Tensor, video_emb: torch.Tensor) -> int:
     return n
 
 
-def _hardest_negative_hinge(dist: torch.Tensor, num_neg: int, margin: float) -> torch.Tensor:
-    """Mean hinge over each row's ``num_neg`` smallest off-diagonal distances.
+def _hardest_negative_hinge(dist: torch.Tensor, num_neg: int, margin: float,
+                            offset: int = 0) -> torch.Tensor:
+    """Mean hinge over each row's ``num_neg`` smallest distances to non-positive items.
 
-    Row i of ``dist`` holds the distances from anchor i to every item of the other modality;
-    the diagonal is the positive. Masking the diagonal with +inf keeps topk from choosing the
-    positive as its own negative (num_neg <= N - 1, so there are always enough finite entries).
+    Row i of ``dist`` ([B, N]) holds the distances from anchor i to every item of the other
+    modality; its positive is column ``offset + i`` (the diagonal for a square block).
+    Masking the positive with +inf keeps topk from choosing it as its own negative
+    (num_neg <= N - 1, so there are always enough finite entries).
     """
-    n = dist.shape[0]
-    positive = dist.diagonal().unsqueeze(1)  # [N, 1]
-    eye = torch.eye(n, dtype=torch.bool, device=dist.device)
-    masked = dist.masked_fill(eye, float("inf"))
+    rows = torch.arange(dist.shape[0], device=dist.device)
+    positive = dist[rows, offset + rows].unsqueeze(1)  # [B, 1]
+    masked = dist.index_put((rows, offset + rows), torch.tensor(float("inf"), device=dist.device))
     # Smallest distance = most similar negative = most violating one.
-    hardest = masked.topk(num_neg, dim=1, largest=False).values  # [N, Q]
-    # Mean over all N*Q terms, zeros included, as in the reference implementation.
+    hardest = masked.topk(num_neg, dim=1, largest=False).values  # [B, Q]
+    # Mean over all B*Q terms, zeros included, as in the reference implementation.
     return torch.clamp(margin + positive - hardest, min=0.0).mean()
 
 
@@ -83,6 +85,35 @@ def inter_modal_ranking_loss(
         dist = -(music @ video.T)  # [N_music, N_video]; negative cosine for normalised inputs
         loss_mv = _hardest_negative_hinge(dist, num_neg, margin)
         loss_vm = _hardest_negative_hinge(dist.T, num_neg, margin)
+    return loss_mv, loss_vm
+
+
+def global_inter_modal_ranking_loss(
+    music_emb: torch.Tensor,
+    video_emb: torch.Tensor,
+    num_negatives: int = 100,
+    margin: float = 0.1,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`inter_modal_ranking_loss` over the global batch when several processes train.
+
+    Each process ranks its own anchors against every process's items (gathered with
+    gradient), choosing the Q hardest negatives from the whole global batch. Each direction
+    is normalised as W * sum(local terms) / (N * Q), so DDP's gradient averaging gives exactly
+    the gradient of one process on the concatenated batch. With one process this is
+    `inter_modal_ranking_loss` itself.
+    """
+    world, _ = world_and_rank()
+    if world == 1:
+        return inter_modal_ranking_loss(music_emb, video_emb, num_negatives, margin)
+    b = _check_pair_batch(music_emb, video_emb)
+    (music_all, video_all), offset, n = gather_global(music_emb, video_emb)
+    num_neg = min(int(num_negatives), n - 1)
+    with autocast_off(music_emb.device):
+        dist_mv = -(music_emb.float() @ video_all.float().T)  # local music anchors [B, N]
+        dist_vm = -(video_emb.float() @ music_all.float().T)  # local video anchors [B, N]
+        scale = world * b / n  # local mean -> W * local sum / (N * Q)
+        loss_mv = _hardest_negative_hinge(dist_mv, num_neg, margin, offset) * scale
+        loss_vm = _hardest_negative_hinge(dist_vm, num_neg, margin, offset) * scale
     return loss_mv, loss_vm
 
 

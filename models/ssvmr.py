@@ -37,7 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from losses.contrastive import LogitScale, _gather_sizes, _world, info_nce_loss
+from losses.contrastive import LogitScale, info_nce_loss
+from losses.distributed import gather_sizes, world_and_rank
 from models.base import RetrievalModule
 from models.encoders import TemporalEncoder
 
@@ -248,10 +249,10 @@ def sample_mix_plan(mask: torch.Tensor, prob: float, min_span: float, max_span: 
 
 def _global_layout(b: int, device: torch.device) -> tuple[int, int]:
     """(offset of this rank's rows, global batch size); gathers the local sizes under DDP."""
-    world, rank = _world()
+    world, rank = world_and_rank()
     if world == 1:
         return 0, b
-    sizes = _gather_sizes(b, device, world)
+    sizes = gather_sizes(b, device, world)
     return sum(sizes[:rank]), sum(sizes)
 
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from losses.margin import cmgsd_ranking_loss, lambda_ramp
-from losses.ranking import inter_modal_ranking_loss
+from losses.ranking import global_inter_modal_ranking_loss
 from losses.structure import soft_intra_modal_structure_loss
 from models.base import RetrievalModule
 from models.pooling import masked_pool, pooled_dim
@@ -75,10 +75,17 @@ class VMNet(RetrievalModule):
 
     def ranking_loss(self, batch: dict[str, Any], video: torch.Tensor, music: torch.Tensor
                      ) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """(L_mv, L_vm, extra parts): a fixed margin, or CMGSD's adaptive margins."""
+        """(L_mv, L_vm, extra parts): a fixed margin, or CMGSD's adaptive margins.
+
+        The fixed-margin loss ranks against the global batch when several processes train
+        (identical to one process on the whole batch). CMGSD's margins and the structure
+        loss stay per process: they need each process's own features, and the structure
+        loss only looks at the first K samples anyway.
+        """
         c = self.loss_cfg
         if c["margin"] != "adaptive":
-            return (*inter_modal_ranking_loss(music, video, c["num_negatives"], c["margin"]), {})
+            ranking = global_inter_modal_ranking_loss(music, video, c["num_negatives"], c["margin"])
+            return (*ranking, {})
         m = c["cmgsd"]
         lam = lambda_ramp(self.current_epoch, m["ramp_epochs"])
         # The model's own single-modal features give the distances (margins carry no
