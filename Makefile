@@ -28,6 +28,21 @@ install: $(STAMP) ## Create .venv and install vmr in editable mode (re-runs only
 exp: install ## Run an experiment: make exp NAME=quickstart ARGS="trainer.max_epochs=5"
 	$(BIN)/vmr train $(NAME) $(ARGS)
 
+slurm: export NAME := $(NAME)
+slurm: export NODES := $(NODES)
+slurm: export GPUS := $(GPUS)
+slurm: export CPUS := $(CPUS)
+slurm: export TIME := $(TIME)
+slurm: export PARTITION := $(PARTITION)
+slurm: export ARGS := $(ARGS)
+slurm: export RESUME := $(RESUME)
+slurm: export SBATCH_DIR := $(SBATCH_DIR)
+slurm: ## SLURM job: make slurm NAME=x NODES=1 GPUS=8 [PARTITION= TIME= CPUS= ARGS= RESUME=] [DRY=1]
+	@script=$$(bash lightning_app/launch/make_sbatch.sh) && echo "$$script" && \
+	if [ -n "$(DRY)" ]; then cat "$$script"; else \
+		test -x $(BIN)/vmr || { echo "make slurm: run 'make install' first" >&2; exit 1; }; \
+		sbatch "$$script"; fi
+
 test: install ## Fast test suite
 	$(BIN)/python -m pytest -q
 

@@ -5,11 +5,15 @@ from __future__ import annotations
 import abc
 import hashlib
 import json
+import os
+from collections.abc import Iterator, Sized
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
-from torch.utils.data import DataLoader, Dataset
+import torch
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from datamodules.errors import DataError
 from datamodules.feature_store import SPLITS, StoreSplit, read_meta
@@ -17,6 +21,37 @@ from datamodules.pairs import PairDataset, identity_collate
 from datamodules.train_pairs import PairOverrideDataset, TrainPairs
 
 TRUTH_FILE = "truth.tsv"  # datamodules.synthetic.truth.TRUTH_FILE
+
+
+def shuffle_seed() -> int:
+    """The run's seed as `seed_everything` recorded it (Lightning's DistributedSampler uses it)."""
+    return int(os.environ.get("PL_GLOBAL_SEED", "0"))
+
+
+def mix_seed(*values: int) -> int:
+    """A well-mixed 63-bit seed from integers (seed, epoch, ...)."""
+    words = [v % 2**63 for v in values]
+    return int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0]) % 2**63
+
+
+class EpochSampler(RandomSampler):
+    """A training order that depends only on (seed, epoch).
+
+    A run resumed at epoch e shuffles exactly as the uninterrupted run did, whatever else
+    drew random numbers before. Lightning calls `set_epoch` before every training epoch
+    (as for DistributedSampler, which replaces this sampler under DDP with the same seed).
+    """
+
+    def __init__(self, data_source: Sized, seed: int = 0, epoch: int = 0):
+        super().__init__(data_source)
+        self.seed, self.epoch = int(seed), int(epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch))
+        yield from torch.randperm(len(self.data_source), generator=generator).tolist()
 
 
 class StoreDataModule(pl.LightningDataModule, abc.ABC):
@@ -127,15 +162,28 @@ class StoreDataModule(pl.LightningDataModule, abc.ABC):
             )
         return global_batch // world
 
+    def _epoch(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        return int(trainer.current_epoch) if trainer is not None else 0
+
     def _loader(self, split: str, batch_size: int, train: bool) -> DataLoader:
         dataset = self.train_dataset() if split == "train" else self.datasets[split]
         kwargs: dict[str, Any] = {}
         if self.num_workers > 0:
             kwargs = {"persistent_workers": True, "prefetch_factor": 4}
+        if train:
+            # No `shuffle` argument: Lightning would copy it onto the DistributedSampler it
+            # substitutes under DDP; it reads shuffling off the RandomSampler instead.
+            seed, epoch = shuffle_seed(), self._epoch()
+            kwargs["sampler"] = EpochSampler(dataset, seed=seed, epoch=epoch)
+            # Creating an iterator draws the workers' base seed from this generator, not
+            # from the global RNG, so reloading loaders does not shift dropout's stream.
+            kwargs["generator"] = torch.Generator().manual_seed(mix_seed(seed, epoch, 1))
+        else:
+            kwargs["shuffle"] = False
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=train,
             # A ragged last batch would give the in-batch losses too few negatives.
             drop_last=train and len(dataset) > batch_size,
             num_workers=self.num_workers,

@@ -9,7 +9,6 @@ shorter than `n` give all their frames in order, and the remaining slots are mas
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
@@ -58,10 +57,11 @@ def global_sparse_indices(
 class SparseFrameDataset(PairDataset):
     """PairDataset that feeds `frames` GS-sampled frames per modality ([B, frames, D] + mask).
 
-    Training draws are random but reproducible: each DataLoader worker seeds its generator
-    from the worker seed torch derives from the global seed (new per epoch unless workers
-    are persistent, whose streams simply continue); without workers, from
-    `torch.initial_seed()`. Evaluation takes segment centres. Adds `text` (list[str], "" when
+    Training draws are random but reproducible, including across a resume: each batch seeds
+    its generator with one draw from torch's RNG, which is the process's global RNG without
+    workers (saved and restored with checkpoints) and the worker's own torch RNG with
+    workers (seeded from the DataLoader's epoch-seeded generator). Evaluation takes segment
+    centres. Adds `text` (list[str], "" when
     a row has none) when any row of the split carries text. One-frame-per-item modalities
     (e.g. "text_emb") are not sampled: PairDataset returns them as batch[name] [B, D].
     """
@@ -75,17 +75,19 @@ class SparseFrameDataset(PairDataset):
         has_text = any("text" in r for r in split.rows)
         self.texts = [str(r.get("text") or "") for r in split.rows] if has_text else None
         self._rng: np.random.Generator | None = None
-        self._rng_owner: tuple | None = None
 
     def _generator(self) -> np.random.Generator:
-        info = torch.utils.data.get_worker_info()
-        owner = (os.getpid(), info.id if info is not None else None)
-        if self._rng is None or self._rng_owner != owner:
-            seed = info.seed if info is not None else torch.initial_seed()
-            self._rng, self._rng_owner = np.random.default_rng(seed), owner
+        if self._rng is None:
+            self._reseed()
         return self._rng
 
+    def _reseed(self) -> None:
+        # A stream that is a function of torch's RNG state, which checkpoints restore.
+        self._rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,))))
+
     def __getitems__(self, indices: list[int]) -> dict[str, Any]:
+        if self.train:
+            self._reseed()
         batch = super().__getitems__(indices)
         if self.texts is not None:
             batch["text"] = [self.texts[i] for i in batch["index"].tolist()]

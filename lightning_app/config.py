@@ -294,6 +294,9 @@ class Config:
     description: str = ""
     seed: int = 0
     run_dir: str = "runs"
+    # Continue a run in its own folder: a run folder, or "last" (the newest run of this
+    # experiment with checkpoints/last.ckpt). Only trainer.max_epochs may differ from the run.
+    resume: str = ""
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)

@@ -2,10 +2,13 @@
 
 A plain function so tests (and notebooks) call it directly; the CLI only parses arguments.
 Bad data or config fail before the run folder exists, so nothing half-written is left.
+A run continues from its checkpoint in its own folder when asked (`resume=`) or when a
+scheduler restarts the same launch (lightning_app.resume, lightning_app.run_dir).
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -13,32 +16,43 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
 from datamodules.atomic import write_json, write_text
+from datamodules.errors import DataError
 from lightning_app.callbacks import RecallAtK
 from lightning_app.callbacks.back_retrieval import BackRetrieval
+from lightning_app.callbacks.rng_state import RNGState
 from lightning_app.callbacks.self_training import SelfTraining
 from lightning_app.config import Config, to_dict, to_yaml
+from lightning_app.launch import cluster_plugins
 from lightning_app.loggers import build_loggers, finish_loggers
 from lightning_app.registry import build_datamodule, build_model
-from lightning_app.run_dir import git_commit, launch_rank, make_run_dir
+from lightning_app.resume import checkpoint_position, open_run, resume_target
+from lightning_app.run_dir import git_commit, launch_rank, wait_for_rank0
 from lightning_app.table import metrics_table
 
 
 def train(cfg: Config) -> tuple[dict[str, float], dict[str, Any]]:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    target = resume_target(cfg)  # a bad `resume=` fails now, before any work
     datamodule = build_datamodule(cfg)
+    datamodule.prepare_data_per_node = False  # one store for all nodes, built by rank 0
     if launch_rank() == 0:
         datamodule.prepare_data()  # fail on bad data now, before anything is written
-    model = build_model(cfg, datamodule.dims)
+        dims = datamodule.dims
+    else:  # started alongside rank 0 (srun, torchrun): wait until it has built the store
+        dims = wait_for_rank0(lambda: _store_dims(datamodule), f"the store {datamodule.store_path}")
+    model = build_model(cfg, dims)
 
-    run_dir = make_run_dir(cfg.run_dir, cfg.name)
+    run_dir, ckpt_path = open_run(cfg, target)
     commit = git_commit()
     write_text(run_dir / "config.yaml", to_yaml(cfg))
     hparams = {"config": to_dict(cfg), "seed": cfg.seed, "git_commit": commit,
                "run_dir": str(run_dir)}
-    loggers = build_loggers(cfg, run_dir, hparams)
+    resume_at = checkpoint_position(ckpt_path) if ckpt_path else None
+    loggers = build_loggers(cfg, run_dir, hparams, resume_at=resume_at)
 
     recall, checkpoint, training_set_changes = build_callbacks(cfg, run_dir)
-    callbacks = [recall, checkpoint, LearningRateMonitor("epoch"), *training_set_changes]
+    callbacks = [recall, checkpoint, LearningRateMonitor("epoch"), *training_set_changes,
+                 RNGState()]
     t = cfg.trainer
     trainer = pl.Trainer(
         default_root_dir=str(run_dir),
@@ -50,8 +64,12 @@ def train(cfg: Config) -> tuple[dict[str, float], dict[str, Any]]:
         logger=loggers, callbacks=callbacks, enable_model_summary=False,
         # Self-training and back retrieval change the training pairs between epochs.
         reload_dataloaders_every_n_epochs=1 if training_set_changes else 0,
+        plugins=cluster_plugins(),
     )
-    trainer.fit(model, datamodule=datamodule)
+    with warnings.catch_warnings():
+        if ckpt_path is not None:  # the checkpoints are this run's own
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* not empty")
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     best = checkpoint.best_model_path or None
     results = trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=True,
                            verbose=False)
@@ -107,3 +125,10 @@ def build_callbacks(cfg: Config, run_dir: Path) -> tuple[RecallAtK, ModelCheckpo
 
 def _float(x: Any) -> float | None:
     return None if x is None else float(x)
+
+
+def _store_dims(datamodule: Any) -> dict[str, int] | None:
+    try:
+        return datamodule.dims
+    except DataError:
+        return None
