@@ -6,6 +6,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
 
 NAME ?= quickstart
 ARGS ?=
@@ -46,14 +47,18 @@ slurm: ## SLURM job: make slurm NAME=x NODES=1 GPUS=8 [PARTITION= TIME= CPUS= AR
 test: install ## Fast test suite
 	$(BIN)/python -m pytest -q
 
-test-slow: install ## Only the slow tests: multi-process (DDP/gloo), bf16, end-to-end, bench smoke
+test-slow: $(BENCH_STAMP) ## Only the slow tests: multi-process (DDP/gloo), bf16, end-to-end, bench smoke
 	$(BIN)/python -m pytest -q -m slow
 
-test-full: install ## Full test suite, including slow end-to-end and multi-process tests
+test-full: $(BENCH_STAMP) ## Full test suite, including slow end-to-end and multi-process tests
 	$(BIN)/python -m pytest -q -m "slow or not slow"
 
-bench: install ## Benchmarks: writes bench/results.json and bench/results.md
-	$(BIN)/python -m bench.run
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	@touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP) ## Benchmarks (~7-10 min on 2 cores): bench/results.{json,md}; ARGS="--quick" | "--only topk"
+	$(BIN)/python -m bench.run $(ARGS)
 
 lint: install ## Ruff lint
 	$(BIN)/ruff check .

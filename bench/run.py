@@ -1,106 +1,117 @@
-"""`make bench`: writes bench/results.json and bench/results.md.
+"""`make bench` (`python -m bench.run`): writes results.json and results.md.
 
-Retrieval metrics: `lightning_app.retrieval.paired_retrieval_metrics` (chunked, exact)
-against a brute-force NumPy reference that argsorts every query's full score row, on the
-same embeddings, same thread count. Both compute identical ranks (checked); the ratio is
-reference time / ours. Peak memory is the score block each method materialises.
+Groups (each in bench/<name>.py, each figure a ratio against a reference measured in the
+same run with the same thread count):
+
+    retrieval  Recall@K / ranks at N = 2k, 10k, 50k vs a brute-force argsort and torchmetrics
+    topk       top-10 search, 100k x 100k (d = 128) vs faiss IndexFlatIP
+    loading    YouTube-8M feature store vs reading the source TFRecords
+    epoch      one VM-NET / II-CLVM epoch under Lightning vs a bare PyTorch loop
+
+Options: --quick (small sizes, for the smoke test), --only NAME (repeatable; the other
+groups of an existing results.json of the same mode and thread count are kept), --out DIR
+(default: bench/), --threads N (default: the CPUs this process may use).
 """
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import json
-import platform
+import sys
+import tempfile
 import time
+import uuid
 from pathlib import Path
 
-import numpy as np
-import torch
+from bench.common import (
+    Context,
+    best_calibration,
+    calibrate,
+    default_threads,
+    log,
+    machine,
+    set_threads,
+)
 
-from datamodules.atomic import write_json, write_text
-from lightning_app.retrieval import metrics_from_ranks, paired_retrieval_ranks
-
-OUT = Path(__file__).resolve().parent
-SIZES = (2000, 10000)
-DIM = 512
-CHUNK = 4096
-
-
-def _best_of(fn, repeats: int = 3) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+GROUPS = ("retrieval", "topk", "loading", "epoch")
+HERE = Path(__file__).resolve().parent
 
 
-def reference_ranks(video: np.ndarray, music: np.ndarray) -> np.ndarray:
-    """Rank of the paired item by a full argsort per query (ties: positive last)."""
-    ranks = np.empty(len(video), dtype=np.int64)
-    for start in range(0, len(video), 512):
-        scores = video[start : start + 512] @ music.T
-        rows = np.arange(scores.shape[0])
-        positive = start + rows
-        is_pos = np.zeros_like(scores, dtype=bool)
-        is_pos[rows, positive] = True
-        for r in rows:
-            order = np.lexsort((is_pos[r], -scores[r]))
-            ranks[start + r] = int(np.flatnonzero(is_pos[r][order])[0]) + 1
-    return ranks
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true",
+                   help="small sizes (about a minute; used by tests/test_bench_smoke.py)")
+    p.add_argument("--only", action="append", choices=GROUPS, metavar="NAME",
+                   help=f"run only this group (repeatable): {', '.join(GROUPS)}")
+    p.add_argument("--out", type=Path, default=HERE,
+                   help="folder for results.json and results.md (default: bench/)")
+    p.add_argument("--threads", type=int, default=default_threads(),
+                   help="threads for torch, BLAS, OpenMP and faiss (default: available CPUs)")
+    args = p.parse_args(argv)
+    if args.threads < 1:
+        p.error("--threads must be >= 1")
+    return args
 
 
-def bench_retrieval(n: int) -> dict:
-    g = torch.Generator().manual_seed(n)
-    video = torch.nn.functional.normalize(torch.randn(n, DIM, generator=g), dim=1)
-    music = torch.nn.functional.normalize(video + 1.0 * torch.randn(n, DIM, generator=g), dim=1)
-    keys = torch.arange(n)
-    ours = paired_retrieval_ranks(video, music, keys, keys, chunk_size=CHUNK)["v2m"].numpy()
-    v64, m64 = video.double().numpy(), music.double().numpy()
-    ref = reference_ranks(v64, m64)
-    # float32 (ours) vs float64 (reference) scores may order near-ties differently; every
-    # disagreement must be such a near-tie.
-    for q in np.flatnonzero(ours != ref):
-        row = v64[q] @ m64.T
-        gap = np.delete(np.abs(row - row[q]), q).min()
-        assert gap < 1e-5, f"query {q}: rank {ours[q]} vs reference {ref[q]} (gap {gap:.2e})"
-    def ours_both() -> None:
-        for r in paired_retrieval_ranks(video, music, keys, keys, chunk_size=CHUNK).values():
-            metrics_from_ranks(r, (1, 10))
-
-    def reference_both() -> None:
-        reference_ranks(video.numpy(), music.numpy())
-        reference_ranks(music.numpy(), video.numpy())
-
-    t_ours = _best_of(ours_both)
-    t_ref = _best_of(reference_both, repeats=1)
-    return {
-        "n": n, "rank_agreement": float(np.mean(ours == ref)),
-        "ours_s": t_ours, "reference_s": t_ref, "speedup": t_ref / t_ours,
-        "ours_score_block_mb": min(CHUNK, n) * n * 4 / 2**20,
-        "full_matrix_mb": n * n * 4 / 2**20,
-    }
+def _previous(out: Path, quick: bool, threads: int) -> dict:
+    """Groups of an earlier results.json measured the same way (kept by --only runs)."""
+    try:
+        old = json.loads((out / "results.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    if old.get("quick") != quick or old.get("threads") != threads or "groups" not in old:
+        return {}
+    return old["groups"]
 
 
-def main() -> None:
-    torch.set_num_threads(torch.get_num_threads())
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    start = time.perf_counter()
+    run_id = uuid.uuid4().hex[:12]
+    set_threads(args.threads)
+    try:
+        import faiss  # noqa: F401  (so its BLAS/OpenMP pools show in the machine description)
+    except ImportError:
+        if args.only is None or "topk" in args.only:
+            sys.exit("bench: the topk group needs faiss-cpu (pip install -e '.[bench]')")
+    set_threads(args.threads)
+    info = machine(args.threads)
+    log(f"{args.threads} threads; calibrating matmul and copy rates")
+    calibration = calibrate(args.quick)
+    selected = args.only or list(GROUPS)
+    groups = _previous(args.out, args.quick, args.threads) if args.only else {}
+    with tempfile.TemporaryDirectory(prefix="vmr-bench-") as tmp:
+        ctx = Context(args.threads, args.quick, calibration, info, Path(tmp))
+        for k, name in enumerate(selected):
+            if k:  # re-measure before each group; notes use the best rate seen in the run
+                ctx.calibration = best_calibration(ctx.calibration, calibrate(args.quick))
+            t = time.perf_counter()
+            module = importlib.import_module(f"bench.{name}")
+            result = module.run(ctx)
+            result.update(seconds=time.perf_counter() - t, run_id=run_id,
+                          measured_at=time.strftime("%Y-%m-%d %H:%M:%S"),
+                          calibration=dict(ctx.calibration))
+            groups[name] = result
+            log(f"{name}: done in {result['seconds']:.0f} s")
     results = {
-        "machine": {"python": platform.python_version(), "torch": torch.__version__,
-                    "threads": torch.get_num_threads(), "cpu": platform.processor()},
-        "retrieval_metrics": [bench_retrieval(n) for n in SIZES],
+        "schema": 1,
+        "run_id": run_id,
+        "quick": args.quick,
+        "threads": args.threads,
+        "machine": info,
+        "calibration": ctx.calibration,
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "runtime_s": time.perf_counter() - start,
+        "groups": {g: groups[g] for g in GROUPS if g in groups},
     }
-    write_json(OUT / "results.json", results)
-    lines = ["# vmr benchmarks", "",
-             "Retrieval metrics, both directions: exact chunked vs brute-force argsort:",
-             "", "| N | ours (s) | reference (s) | speed-up | rank agreement | score block (MiB) "
-             "| full N x N (MiB) |", "|---|---|---|---|---|---|---|"]
-    for r in results["retrieval_metrics"]:
-        lines.append(f"| {r['n']} | {r['ours_s']:.3f} | {r['reference_s']:.2f} | "
-                     f"{r['speedup']:.0f}x | {r['rank_agreement']:.4%} | "
-                     f"{r['ours_score_block_mb']:.0f} | {r['full_matrix_mb']:.0f} |")
-    text = "\n".join(lines) + "\n"
-    write_text(OUT / "results.md", text)
+    from bench.report import write
+
+    text = write(results, args.out)
     print(text)
-    print(json.dumps(results["machine"]))
+    log(f"wrote {args.out / 'results.json'} and results.md in {results['runtime_s']:.0f} s")
+    return results
 
 
 if __name__ == "__main__":

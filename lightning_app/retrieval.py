@@ -143,7 +143,8 @@ def _ranks_from_pairs(
         pos[rows[a:b] - start, cols[a:b]] = True
         best_pos = scores.masked_fill(~pos, float("-inf")).amax(dim=1, keepdim=True)
         # >= : a negative tied with the best positive is counted as ranked above it.
-        ranks[start:stop] = 1 + ((scores >= best_pos) & ~pos).sum(dim=1)
+        # int32 count: summing bools as int64 would copy the chunk at 8 bytes per score.
+        ranks[start:stop] = 1 + ((scores >= best_pos) & ~pos).sum(dim=1, dtype=torch.int32)
     return ranks
 
 
@@ -405,7 +406,8 @@ def topk_search(
         above = scores > kth
         tied = scores == kth
         # Fill the slots left after the strictly better items with the lowest-index ties.
-        need = k - above.sum(dim=1, keepdim=True)
+        # int32 throughout: an int64 sum and promotion would copy the chunk twice.
+        need = k - above.sum(dim=1, keepdim=True, dtype=torch.int32)
         chosen = above | (tied & (tied.cumsum(dim=1, dtype=torch.int32) <= need))
         index = chosen.nonzero()[:, 1].reshape(stop - start, k)  # ascending per row
         picked = scores.gather(1, index)
