@@ -50,9 +50,9 @@ NOISE = 8.0
 # Bytes per score torchmetrics needs before it starts: preds float32 + target bool + int64 index.
 TM_BYTES_PER_SCORE = 4 + 1 + 8
 # Ours at its peak (the rank count), per score of a chunk: float32 scores, bool positive mask,
-# (scores >= best) & ~pos as three bool temporaries, and the int64 copy that
-# `bool_tensor.sum(dim=1)` materialises.
-PEAK_BYTES_PER_SCORE = 4 + 1 + 3 + 8
+# (scores >= best) & ~pos as three bool temporaries, and the int32 copy that
+# `bool_tensor.sum(dim=1, dtype=torch.int32)` materialises.
+PEAK_BYTES_PER_SCORE = 4 + 1 + 3 + 4
 
 FULL = {
     # n: (ours repeats, reference queries per direction (None: all), torchmetrics directions)
@@ -278,8 +278,8 @@ def run(ctx) -> dict[str, Any]:
                     f"analytic: {fmt_bytes(block * PEAK_BYTES_PER_SCORE / 4)}, "
                     f"{PEAK_BYTES_PER_SCORE} B per score of one {min(CHUNK, n)}x{n} chunk "
                     f"(float32 scores 4 B = {fmt_bytes(block)}, positive mask 1, three bool "
-                    f"temporaries of the rank count 3, and the int64 copy torch makes to sum a "
-                    f"bool tensor 8); the full N x N scores alone would be {fmt_bytes(n * n * 4)}")
+                    f"temporaries of the rank count 3, and the int32 copy torch makes to sum a "
+                    f"bool tensor 4); the full N x N scores alone would be {fmt_bytes(n * n * 4)}")
         extrapolated = ref["scale"] > 1
         rows.append(row(
             GROUP, f"R@1/5/10, MdR, MnR, both directions, {label}, d={DIM} "
@@ -335,9 +335,8 @@ def run(ctx) -> dict[str, Any]:
     notes = [
         f"Where ours spends its time (torch.profiler self time, one {c}-query chunk against "
         f"N={n_prof}): {fmt_ops(ops)}"
-        + ("; aten::copy_ is the int64 copy torch makes to sum the bool rank mask (also the "
-           "largest term of the peak memory)" if any(o["op"] == "aten::copy_" for o in ops)
-           else ""),
+        + ("; aten::copy_ is the int32 copy torch makes to sum the bool rank mask"
+           if any(o["op"] == "aten::copy_" for o in ops) else ""),
         f"torchmetrics is not run at N={largest // 1000}k: it needs every score as one flat "
         f"tensor plus a bool target and an int64 query index per score, "
         f"{fmt_bytes(largest**2 * TM_BYTES_PER_SCORE)} before sorting copies, more than this "

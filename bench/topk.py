@@ -29,8 +29,8 @@ CHUNK = 4096
 # (gallery items, queries in the task, queries measured, repeats)
 FULL = (100_000, 100_000, 10_000, 1)
 QUICK = (5_000, 5_000, 1_000, 2)
-COPY_NOTE = (" (aten::copy_ here is dtype conversion: summing a bool tensor makes an int64 copy, "
-             "and comparing an int32 cumsum with an int64 bound promotes it)")
+COPY_NOTE = (" (aten::copy_ here is dtype conversion: summing a bool tensor makes an int32 "
+             "copy)")
 
 
 def make(n: int, seed: int) -> torch.Tensor:
