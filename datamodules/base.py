@@ -96,7 +96,11 @@ class StoreDataModule(pl.LightningDataModule, abc.ABC):
         for split in SPLITS:
             if split not in meta["splits"]:
                 raise DataError(f"{self.store_path}: store has no '{split}' split")
-            self.datasets[split] = PairDataset(StoreSplit(self.store_path, split, meta))
+            self.datasets[split] = self.make_dataset(StoreSplit(self.store_path, split, meta))
+
+    def make_dataset(self, split: StoreSplit) -> PairDataset:
+        """The dataset over one split; sequence datasets sample frames here."""
+        return PairDataset(split)
 
     @property
     def store_fingerprint(self) -> str:

@@ -381,16 +381,9 @@ class YouTube8MDataModule(StoreDataModule):
                               self.val_fraction, self.test_fraction)
         return self.store_path
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.datasets:
-            return
-        meta = read_meta(self.store_path)
-        for split in SPLITS:
-            if split not in meta["splits"]:
-                raise DataError(f"{self.store_path}: store has no '{split}' split")
-            self.datasets[split] = SparseFrameDataset(
-                StoreSplit(self.store_path, split, meta), self.frames, train=split == "train"
-            )
+    def make_dataset(self, split: StoreSplit) -> SparseFrameDataset:
+        # Global Sparse sampling: random frames in training, segment centres otherwise.
+        return SparseFrameDataset(split, self.frames, train=split.split == "train")
 
     def _ensure_synthetic(self) -> None:
         from datamodules.synthetic.ensure import ensure_synthetic, planted_spec

@@ -266,7 +266,7 @@ def test_two_processes_match_one_process(tmp_path):
     ]
     world = 2
     mp.spawn(_worker, args=(world, _free_port(), cases, str(tmp_path)), nprocs=world, join=True)
-    per_rank = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
+    per_rank = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(world)]
 
     for c, case in enumerate(cases):
         every = slice(0, sum(case["sizes"]))

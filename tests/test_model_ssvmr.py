@@ -419,7 +419,7 @@ def test_two_processes_match_one_process(tmp_path):
         cases.append((b, plans))
     mp.spawn(_ddp_worker, args=(2, _free_port(), m.hparams["model"], m.state_dict(), cases,
                                 str(tmp_path)), nprocs=2, join=True)
-    per_rank = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    per_rank = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     for c, (b, plans) in enumerate(cases):
         offsets = [0, len(plans[0].partner)]
         glob = MixPlan(*(torch.cat([getattr(p, f) + (o if f == "partner" else 0)
