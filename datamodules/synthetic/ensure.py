@@ -29,6 +29,24 @@ def planted_spec(settings: Mapping[str, Any]) -> PlantedSpec:
         raise DataError(f"data.synthetic: {e}") from None
 
 
+def holds_other_data(root: Path) -> bool:
+    """True for a non-empty folder (or a file) that no synthetic writer made: never replace it."""
+    return root.exists() and not (root / MARKER).exists() and (
+        not root.is_dir() or any(root.iterdir()))
+
+
+def refuse_other_data(out: Path) -> None:
+    """A writer's guard: a one-line DataError instead of replacing someone's data."""
+    if holds_other_data(out):
+        raise DataError(f"{out}: exists and is not a synthetic dataset (no {MARKER}); "
+                        "refusing to replace it, choose another --out")
+
+
+def write_marker(folder: Path, settings: Mapping[str, Any]) -> None:
+    """Record the writer's settings; `ensure_synthetic` compares against them."""
+    (folder / MARKER).write_text(json.dumps(dict(settings), indent=2) + "\n")
+
+
 def ensure_synthetic(
     root: str | Path, wanted: Mapping[str, Any], write: Callable[[], Any], dataset: str
 ) -> bool:
@@ -38,12 +56,11 @@ def ensure_synthetic(
     Returns True when the data was (re)written.
     """
     root = Path(root)
-    if root.exists() and (not root.is_dir() or any(root.iterdir())):
-        marker = root / MARKER
-        if not marker.exists():
-            return False  # real data: never overwrite it
+    if holds_other_data(root):
+        return False  # real data: never overwrite it
+    if root.exists() and any(root.iterdir()):
         try:
-            have = json.loads(marker.read_text())
+            have = json.loads((root / MARKER).read_text())
         except (OSError, ValueError):
             have = {}
         if isinstance(have, dict) and {k: have.get(k) for k in wanted} == dict(wanted):

@@ -14,15 +14,14 @@ never a folder of other data (one without synth.json).
 from __future__ import annotations
 
 import dataclasses
-import json
 import pickle
 from pathlib import Path
 
 import numpy as np
 
 from datamodules.atomic import atomic_directory
-from datamodules.errors import DataError
 from datamodules.progress import progress_bar
+from datamodules.synthetic.ensure import refuse_other_data, write_marker
 from datamodules.synthetic.planted import PlantedBenchmark, PlantedSpec
 from datamodules.synthetic.truth import TRUTH_FILE, truth_tsv
 
@@ -43,12 +42,7 @@ def write_himv200k(
     if not 0.0 <= missing < 1.0:
         raise ValueError(f"missing={missing} must be in [0, 1)")
     out = Path(out)
-    if out.exists() and not (out / "synth.json").exists():
-        if not out.is_dir() or any(out.iterdir()):
-            raise DataError(
-                f"{out}: exists and is not a synthetic dataset (no synth.json); "
-                "refusing to replace it, choose another --out"
-            )
+    refuse_other_data(out)
     bench = PlantedBenchmark(spec)
     n = spec.pairs
     drop = np.random.default_rng([spec.seed, 99]).random(n) < missing
@@ -79,5 +73,5 @@ def write_himv200k(
         bar.close()
         (tmp / TRUTH_FILE).write_text(truth_tsv(bench))
         settings = {"dataset": "himv200k", "missing": missing, **dataclasses.asdict(spec)}
-        (tmp / "synth.json").write_text(json.dumps(settings, indent=2) + "\n")
+        write_marker(tmp, settings)
     return out

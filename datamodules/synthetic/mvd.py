@@ -18,14 +18,13 @@ and replaces an earlier synthetic folder, but never a folder of other data.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np
 
 from datamodules.atomic import atomic_directory
-from datamodules.errors import DataError
 from datamodules.progress import progress_bar
+from datamodules.synthetic.ensure import refuse_other_data, write_marker
 from datamodules.synthetic.planted import PlantedBenchmark, PlantedSpec
 from datamodules.synthetic.truth import TRUTH_FILE, truth_tsv
 
@@ -48,12 +47,7 @@ def write_mvd(
     if not 0.0 <= shared_songs < 1.0:
         raise ValueError(f"shared_songs={shared_songs} must be in [0, 1)")
     out = Path(out)
-    if out.exists() and not (out / "synth.json").exists():
-        if not out.is_dir() or any(out.iterdir()):
-            raise DataError(
-                f"{out}: exists and is not a synthetic dataset (no synth.json); "
-                "refusing to replace it, choose another --out"
-            )
+    refuse_other_data(out)
     bench = PlantedBenchmark(spec, shared_songs=shared_songs)
     n = spec.pairs
     song = bench.song_source
@@ -80,5 +74,5 @@ def write_mvd(
         bar.close()
         (tmp / TRUTH_FILE).write_text(truth_tsv(bench))
         settings = {"dataset": "mvd", "shared_songs": shared_songs, **dataclasses.asdict(spec)}
-        (tmp / "synth.json").write_text(json.dumps(settings, indent=2) + "\n")
+        write_marker(tmp, settings)
     return out

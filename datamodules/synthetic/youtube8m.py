@@ -31,7 +31,6 @@ and text, same vectors; texts of one style share tokens, so their embeddings cor
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 import zlib
 from pathlib import Path
@@ -39,8 +38,8 @@ from pathlib import Path
 import numpy as np
 
 from datamodules.atomic import atomic_directory
-from datamodules.errors import DataError
 from datamodules.progress import progress_bar
+from datamodules.synthetic.ensure import refuse_other_data, write_marker
 from datamodules.synthetic.planted import PlantedBenchmark, PlantedSpec
 from datamodules.synthetic.truth import TRUTH_FILE, truth_tsv
 from datamodules.tfrecord import DEQUANTIZE, encode_sequence_example, frame_record
@@ -140,12 +139,7 @@ def write_youtube8m(
     if text_emb_dim < 0:
         raise ValueError(f"text_emb_dim={text_emb_dim} must be >= 0 (0: no text embeddings)")
     out = Path(out)
-    if out.exists() and not (out / "synth.json").exists():
-        if not out.is_dir() or any(out.iterdir()):
-            raise DataError(
-                f"{out}: exists and is not a synthetic dataset (no synth.json); "
-                "refusing to replace it, choose another --out"
-            )
+    refuse_other_data(out)
     bench = PlantedBenchmark(spec)
     n = spec.pairs
     text_emb = None
@@ -218,7 +212,7 @@ def write_youtube8m(
                     "missing": missing, **dataclasses.asdict(spec)}
         if text_emb is not None:  # absent otherwise, as in files written before text_emb
             settings["text_emb_dim"] = text_emb_dim
-        (tmp / "synth.json").write_text(json.dumps(settings, indent=2) + "\n")
+        write_marker(tmp, settings)
     return out
 
 
