@@ -38,11 +38,12 @@ from pathlib import Path
 import numpy as np
 
 from datamodules.atomic import atomic_directory
+from datamodules.extract.pca import quantize
 from datamodules.progress import progress_bar
 from datamodules.synthetic.ensure import refuse_other_data, write_marker
 from datamodules.synthetic.planted import PlantedBenchmark, PlantedSpec
 from datamodules.synthetic.truth import TRUTH_FILE, truth_tsv
-from datamodules.tfrecord import DEQUANTIZE, encode_sequence_example, frame_record
+from datamodules.tfrecord import encode_sequence_example, frame_record
 
 MUSIC_VIDEO_LABEL = 23
 # A small vocabulary in the YouTube-8M format; "Music video" sits at MUSIC_VIDEO_LABEL.
@@ -61,13 +62,6 @@ CHUNK = 256
 _STD = 0.5
 TEXT_EMB_BUCKETS = 4096
 _TOKEN = re.compile(r"[0-9a-z]+")
-
-
-def quantize(x: np.ndarray) -> np.ndarray:
-    """Floats -> YouTube-8M uint8 codes (the inverse of `datamodules.tfrecord.dequantize`)."""
-    scale, offset = DEQUANTIZE
-    q = np.rint((np.clip(x, -2.0, 2.0) - offset) / scale)
-    return np.clip(q, 0, 255).astype(np.uint8)
 
 
 def vocabulary_csv() -> str:

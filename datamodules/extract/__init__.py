@@ -1,0 +1,1 @@
+"""Raw media -> dataset features (decoding, audio and video feature extractors, batch jobs)."""
