@@ -11,7 +11,7 @@ BENCH_STAMP := $(VENV)/.installed-bench
 NAME ?= quickstart
 ARGS ?=
 
-.PHONY: help install exp test test-slow test-full bench lint clean
+.PHONY: help install system-deps exp test test-slow test-full bench lint clean
 
 help: ## Show this help
 	@echo "usage: make <target> [NAME=experiment] [ARGS=\"key=value ...\"]"
@@ -44,13 +44,16 @@ slurm: ## SLURM job: make slurm NAME=x NODES=1 GPUS=8 [PARTITION= TIME= CPUS= AR
 		test -x $(BIN)/vmr || { echo "make slurm: run 'make install' first" >&2; exit 1; }; \
 		sbatch "$$script"; fi
 
-test: install ## Fast test suite
+system-deps: ## ffmpeg + sound-theme-freedesktop via apt when missing (decoding, test sounds)
+	@bash .ci/system-deps
+
+test: install system-deps ## Fast test suite
 	$(BIN)/python -m pytest -q
 
-test-slow: $(BENCH_STAMP) ## Only the slow tests: multi-process (DDP/gloo), bf16, end-to-end, bench smoke
+test-slow: $(BENCH_STAMP) system-deps ## Only the slow tests: multi-process (DDP/gloo), bf16, end-to-end, bench smoke
 	$(BIN)/python -m pytest -q -m slow
 
-test-full: $(BENCH_STAMP) ## Full test suite, including slow end-to-end and multi-process tests
+test-full: $(BENCH_STAMP) system-deps ## Full test suite, including slow end-to-end and multi-process tests
 	$(BIN)/python -m pytest -q -m "slow or not slow"
 
 $(BENCH_STAMP): $(STAMP)

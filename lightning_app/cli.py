@@ -5,6 +5,7 @@
     vmr prepare --dataset himv200k --src DIR [--out DIR]
     vmr compare [RUNS_DIR | RUN_DIR ...] [--stage test]
     vmr experiments                      list experiment names
+    vmr extract audio|video, vmr build-dataset, vmr retrieve   (lightning_app/cli_media.py)
 
 Bad input exits with code 2 and one line naming the file, key or value; `--debug` shows
 the traceback instead. Heavy imports happen inside each command so `vmr --help` is quick.
@@ -22,6 +23,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from lightning_app.cli_media import add_media_commands
 from lightning_app.errors import USER_ERRORS, ConfigError
 
 DATASETS = ("himv200k", "youtube8m", "mvd")
@@ -185,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", default="test", choices=("test", "val"))
     p.add_argument("--sort", default=None, help="metric to sort by, e.g. v2m/R@10")
     p.set_defaults(func=_cmd_compare)
+
+    add_media_commands(sub)
     return parser
 
 

@@ -37,3 +37,28 @@ def make_himv_root(tmp_path: Path, himv_spec: PlantedSpec) -> Callable[..., Path
 def himv_root(make_himv_root: Callable[..., Path]) -> Path:
     """A small synthetic HIMV-200K folder (300 pairs: 200 train, 50 val, 50 test)."""
     return make_himv_root()
+
+
+@pytest.fixture(scope="session")
+def resnet50_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised torchvision ResNet-50 state dict (tests never download)."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "resnet50_random.pth"
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def pca_1024(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2048 -> 1024 PCA whitening fitted on random frames (as if published with a dataset)."""
+    import numpy as np
+
+    from datamodules.extract.pca import PCAWhitening
+
+    x = np.random.default_rng(0).standard_normal((1100, 2048)).astype(np.float32)
+    path = tmp_path_factory.mktemp("pca") / "pca_1024.npz"
+    PCAWhitening.fit(x, dim=1024).save(path)
+    return path

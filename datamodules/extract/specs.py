@@ -1,0 +1,228 @@
+"""What an extraction did, as data: recorded with a dataset and replayed at retrieval time.
+
+`vmr build-dataset` writes the two specs to `<dataset>/extractor.json`; training copies the
+record into the checkpoint; `vmr retrieve` rebuilds the same extractor from it, so a query
+video goes through exactly the network, weights, frame rate, PCA and quantisation the
+model was trained on. Files the record points to (CNN weights, PCA) are checked against
+their SHA-256 before use.
+
+Each spec splits extraction into `prepare` (per file, CPU, runs in worker processes:
+decoding, librosa statistics) and `finish` (in the main process, on the accelerator:
+CNN, log-mel, PCA).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from datamodules.errors import DataError
+
+AUDIO_FEATURES = ("vmnet", "logmel")
+RECORD_VERSION = 1
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# ----- audio -------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class AudioSpec:
+    features: str = "vmnet"  # vmnet: one 1140-d vector per track; logmel: [seconds, 128]
+    mel_sr_quirk: bool = False  # VM-NET: the original's 22050-Hz mel filterbank
+    max_seconds: float = 360.0  # logmel: seconds decoded from the start
+
+    def __post_init__(self) -> None:
+        if self.features not in AUDIO_FEATURES:
+            raise DataError(f"audio features {self.features!r} unknown "
+                            f"(choose from: {', '.join(AUDIO_FEATURES)})")
+
+    @property
+    def dim(self) -> int:
+        from datamodules.extract.logmel import LOGMEL_DIM
+        from datamodules.extract.vmnet_audio import DIM
+
+        return DIM if self.features == "vmnet" else LOGMEL_DIM
+
+    def prepare(self) -> Callable[[Path], Any]:
+        return _AudioPrepare(self)
+
+    def finish(self, device: torch.device | None = None) -> Callable[[Any], np.ndarray] | None:
+        if self.features == "vmnet":
+            return None  # librosa statistics are complete after `prepare`
+        from datamodules.extract.logmel import LogMelExtractor
+
+        return LogMelExtractor(device=device or default_device())
+
+
+@dataclasses.dataclass(frozen=True)
+class _AudioPrepare:
+    spec: AudioSpec
+
+    def __call__(self, path: Path) -> np.ndarray:
+        if self.spec.features == "vmnet":
+            from datamodules.extract.vmnet_audio import vmnet_features_from_file
+
+            return vmnet_features_from_file(path, mel_sr_quirk=self.spec.mel_sr_quirk)
+        from datamodules.extract.decode import decode_audio
+        from datamodules.extract.logmel import LOGMEL_SAMPLE_RATE
+
+        return decode_audio(path, LOGMEL_SAMPLE_RATE, max_seconds=self.spec.max_seconds)
+
+
+# ----- video -------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoSpec:
+    backbone: str = "inception_v3"
+    weights: str = ""  # local file with the CNN's state dict
+    weights_sha256: str = ""
+    image_size: int = 0  # 0: the backbone's own (299 Inception, 224 ResNet)
+    fps: float = 1.0
+    max_seconds: float = 360.0
+    pca: str = ""  # PCA whitening file ("" = raw 2048-d CNN features)
+    pca_sha256: str = ""
+    quantize: bool = False  # YouTube-8M uint8 precision (stored dequantised)
+    batch_size: int = 64  # frames per CNN forward pass
+
+    @property
+    def size(self) -> int:
+        from datamodules.extract.video_backbone import DEFAULT_IMAGE_SIZE
+
+        return self.image_size or DEFAULT_IMAGE_SIZE[self.backbone]
+
+    @property
+    def dim(self) -> int:
+        from datamodules.extract.video_backbone import FEATURE_DIM
+
+        return load_pca(self).output_dim if self.pca else FEATURE_DIM
+
+    def prepare(self) -> Callable[[Path], Any]:
+        return _FramePrepare(self.fps, self.max_seconds, self.size)
+
+    def encoder(self, device: torch.device | None = None) -> Callable[[torch.Tensor], np.ndarray]:
+        """Frames -> raw [T, 2048] CNN features (before PCA)."""
+        from datamodules.extract.video_backbone import load_frame_encoder
+
+        check_sha256(self.weights, self.weights_sha256, "CNN weights")
+        enc = load_frame_encoder(self.backbone, self.weights, device=device or default_device(),
+                                 image_size=self.size)
+        return lambda frames: enc.encode(frames, batch_size=self.batch_size).numpy()
+
+    def project(self, codes: bool = False) -> Callable[[np.ndarray], np.ndarray]:
+        """Raw CNN features -> stored features (PCA whitening, optional quantisation).
+
+        Quantised features come back dequantised (float32 with uint8 precision), which is
+        what the dataset layouts store; `codes=True` returns the uint8 codes themselves.
+        """
+        from datamodules.extract.pca import quantize as to_codes
+        from datamodules.tfrecord import dequantize
+
+        pca = load_pca(self) if self.pca else None
+        quantize = self.quantize
+
+        def apply(raw: np.ndarray) -> np.ndarray:
+            x = pca.transform(raw) if pca is not None else np.asarray(raw, np.float32)
+            if quantize:
+                q = to_codes(x)
+                return q if codes else dequantize(q).astype(np.float32)
+            return np.asarray(x, dtype=np.float32)
+
+        return apply
+
+    def finish(self, device: torch.device | None = None) -> Callable[[Any], np.ndarray]:
+        encode, project = self.encoder(device), self.project()
+        return lambda frames: project(encode(frames))
+
+
+def load_pca(spec: VideoSpec) -> Any:
+    from datamodules.extract.pca import PCAWhitening
+
+    check_sha256(spec.pca, spec.pca_sha256, "PCA")
+    return PCAWhitening.load(spec.pca)
+
+
+@dataclasses.dataclass(frozen=True)
+class _FramePrepare:
+    """Decode at `fps`, resized to the CNN's input size by the decoder itself (in the worker):
+    six minutes of HD video never sit in memory at full size, and less travels back."""
+
+    fps: float
+    max_seconds: float
+    size: int
+
+    def __call__(self, path: Path) -> torch.Tensor:
+        from datamodules.extract.decode import decode_video_frames
+
+        return decode_video_frames(path, fps=self.fps, max_seconds=self.max_seconds,
+                                   size=(self.size, self.size))
+
+
+def check_sha256(path: str, expected: str, what: str) -> None:
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: {what} file not found")
+    if expected and sha256_file(p) != expected:
+        raise DataError(f"{p}: {what} file changed since the features were extracted "
+                        f"(sha256 differs from the recorded {expected[:12]}...)")
+
+
+# ----- the record ----------------------------------------------------------------------------
+
+
+def record(video: VideoSpec | None, audio: AudioSpec | None, **extra: Any) -> dict:
+    return {"version": RECORD_VERSION,
+            "video": dataclasses.asdict(video) if video else None,
+            "music": dataclasses.asdict(audio) if audio else None, **extra}
+
+
+def specs_from_record(rec: dict, where: str) -> tuple[VideoSpec | None, AudioSpec | None]:
+    """The specs back from a record (extractor.json or a checkpoint); errors name `where`."""
+    if not isinstance(rec, dict) or rec.get("version") != RECORD_VERSION:
+        raise DataError(f"{where}: not an extractor record of version {RECORD_VERSION}")
+    try:
+        video = VideoSpec(**rec["video"]) if rec.get("video") else None
+        audio = AudioSpec(**rec["music"]) if rec.get("music") else None
+    except TypeError as e:
+        raise DataError(f"{where}: bad extractor record ({e})") from None
+    return video, audio
+
+
+def read_record(path: str | Path) -> dict:
+    p = Path(path)
+    try:
+        rec = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{p}: extractor record not found") from None
+    except (OSError, ValueError) as e:
+        raise DataError(f"{p}: cannot read extractor record ({e})") from None
+    specs_from_record(rec, str(p))  # validate now
+    return rec
+
+
+EXTRACTOR_FILE = "extractor.json"
+
+
+def dataset_extractor(root: str | Path) -> dict | None:
+    """The extractor record of a dataset built by `vmr build-dataset` (None for others)."""
+    path = Path(root) / EXTRACTOR_FILE
+    return read_record(path) if path.exists() else None

@@ -1,0 +1,179 @@
+"""The raw-media commands of `vmr`: extract, build-dataset, retrieve.
+
+    vmr extract audio --input DIR --out DIR --features vmnet|logmel [--workers N]
+    vmr extract video --input DIR --out DIR --backbone inception_v3|resnet50 --weights FILE
+                      [--pca FILE | --pca-dim 1024] [--quantize] [--workers N]
+    vmr build-dataset --videos DIR --out DIR --layout himv200k|mvd --weights FILE ...
+    vmr retrieve --ckpt CKPT --library DIR (--video FILE | --music FILE) [-k 10] [--json]
+
+Batch jobs never stop at a bad file: it is listed (with its reason) in the summary and in
+the report written next to the outputs. They exit 0 when at least one file was usable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from datamodules.errors import DataError
+
+
+def _device(name: str | None):
+    import torch
+
+    if name:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _video_spec(args: argparse.Namespace):
+    from datamodules.extract.specs import VideoSpec
+
+    return VideoSpec(backbone=args.backbone, weights=str(args.weights),
+                     image_size=args.image_size, fps=args.fps, max_seconds=args.max_seconds,
+                     pca=str(args.pca) if args.pca else "", quantize=args.quantize,
+                     batch_size=args.batch_size)
+
+
+def _pca_plan(args: argparse.Namespace):
+    from datamodules.extract.folders import PCAPlan
+
+    return PCAPlan(dim=args.pca_dim, sample=args.pca_sample, seed=args.seed)
+
+
+def _finish(summary, out: Path, report: str) -> int:
+    summary.write(out / report)
+    print(summary.report())
+    if not summary.done and not summary.skipped:
+        raise DataError(f"{out}: no file could be extracted (reasons in {out / report})")
+    return 0
+
+
+def _cmd_extract(args: argparse.Namespace) -> int:
+    from datamodules.extract.folders import extract_audio, extract_video
+    from datamodules.extract.specs import AudioSpec
+
+    if args.modality == "audio":
+        spec = AudioSpec(features=args.features, mel_sr_quirk=args.mel_sr_quirk,
+                         max_seconds=args.max_seconds)
+        summary = extract_audio(args.input, args.out, spec, workers=args.workers,
+                                device=_device(args.device))
+    else:
+        summary, _ = extract_video(args.input, args.out, _video_spec(args), _pca_plan(args),
+                                   workers=args.workers, device=_device(args.device),
+                                   codes=args.quantize, keep_raw=args.keep_raw)
+    return _finish(summary, args.out, f"extract-{args.modality}-report.json")
+
+
+def _cmd_build_dataset(args: argparse.Namespace) -> int:
+    from datamodules.extract.build_dataset import build_dataset
+    from datamodules.extract.specs import AudioSpec
+
+    features = args.audio_features or ("vmnet" if args.layout == "himv200k" else "logmel")
+    audio = AudioSpec(features=features, mel_sr_quirk=args.mel_sr_quirk,
+                      max_seconds=args.max_seconds)
+    report = build_dataset(args.videos, args.out, args.layout, _video_spec(args), audio,
+                           _pca_plan(args), val_fraction=args.val_fraction,
+                           test_fraction=args.test_fraction, workers=args.workers,
+                           device=_device(args.device))
+    print(report.text())
+    print(f"next: vmr prepare --dataset {args.layout} --src {args.out}")
+    return 0
+
+
+def _cmd_retrieve(args: argparse.Namespace) -> int:
+    from datamodules.extract.specs import read_record
+    from lightning_app.recommend import Recommender, format_matches, matches_json
+
+    if args.k < 1:
+        raise DataError(f"-k {args.k}: must be >= 1")
+    if args.json:  # stdout carries only the JSON document
+        logging.getLogger("vmr").setLevel(logging.WARNING)
+    extractor = read_record(args.extractor) if args.extractor else None
+    rec = Recommender.from_checkpoint(args.ckpt, extractor=extractor, weights=args.weights,
+                                      pca=args.pca, device=_device(args.device))
+    side, query = ("video", args.video) if args.video else ("music", args.music)
+    direction = "video -> music" if side == "video" else "music -> video"
+    matches = rec.recommend(side, query, args.library, k=args.k, workers=args.workers,
+                            progress=not args.json)
+    if args.json:
+        print(matches_json(matches, query, direction, args.ckpt))
+    else:
+        print(format_matches(matches, query, direction))
+    return 0
+
+
+def _video_options(p: argparse.ArgumentParser, required: bool) -> None:
+    p.add_argument("--backbone", choices=("inception_v3", "resnet50"), default="inception_v3")
+    p.add_argument("--weights", type=Path, required=required,
+                   help="local file with the backbone's torchvision state dict")
+    p.add_argument("--image-size", type=int, default=0,
+                   help="CNN input size (0: 299 for inception_v3, 224 for resnet50)")
+    p.add_argument("--fps", type=float, default=1.0, help="frames decoded per second")
+    p.add_argument("--pca", type=Path, default=None,
+                   help="an existing PCA whitening file (.npz) instead of fitting one")
+    p.add_argument("--pca-dim", type=int, default=1024,
+                   help="PCA whitening dimension when fitting (0: raw 2048-d features)")
+    p.add_argument("--pca-sample", type=int, default=100_000, help="frames sampled to fit PCA")
+    p.add_argument("--quantize", action="store_true",
+                   help="YouTube-8M uint8 quantisation of the whitened features")
+    p.add_argument("--batch-size", type=int, default=64, help="frames per CNN batch")
+    p.add_argument("--seed", type=int, default=0, help="seed of the PCA sample")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=int, default=2, help="files decoded in parallel")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if any)")
+    p.add_argument("--max-seconds", type=float, default=360.0,
+                   help="seconds of each file used (frames; log-mel audio)")
+
+
+def add_media_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("extract", help="extract features from a folder of media files")
+    modality = p.add_subparsers(dest="modality", required=True)
+    a = modality.add_parser("audio", help="music features (VM-NET statistics or log-mel)")
+    a.add_argument("--input", type=Path, required=True, help="a media file or folder")
+    a.add_argument("--out", type=Path, required=True, help="folder for <id>.npy files")
+    a.add_argument("--features", choices=("vmnet", "logmel"), default="vmnet")
+    a.add_argument("--mel-sr-quirk", action="store_true",
+                   help="vmnet: the original code's 22050-Hz mel filterbank")
+    _common(a)
+    a.set_defaults(func=_cmd_extract)
+    v = modality.add_parser("video", help="CNN frame features, PCA-whitened")
+    v.add_argument("--input", type=Path, required=True, help="a video file or folder")
+    v.add_argument("--out", type=Path, required=True, help="folder for <id>.npy files")
+    v.add_argument("--keep-raw", action="store_true", help="keep the raw CNN features")
+    _video_options(v, required=True)
+    _common(v)
+    v.set_defaults(func=_cmd_extract)
+
+    p = sub.add_parser("build-dataset", help="a folder of videos -> a dataset folder")
+    p.add_argument("--videos", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--layout", choices=("himv200k", "mvd"), required=True)
+    p.add_argument("--audio-features", choices=("vmnet", "logmel"), default=None,
+                   help="music features (default: vmnet for himv200k, logmel for mvd)")
+    p.add_argument("--mel-sr-quirk", action="store_true")
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--test-fraction", type=float, default=0.1)
+    _video_options(p, required=True)
+    _common(p)
+    p.set_defaults(func=_cmd_build_dataset)
+
+    p = sub.add_parser("retrieve", help="recommend music for a video (or videos for music)")
+    p.add_argument("--ckpt", type=Path, required=True)
+    p.add_argument("--library", type=Path, required=True,
+                   help="folder of music (for --video) or of videos (for --music)")
+    q = p.add_mutually_exclusive_group(required=True)
+    q.add_argument("--video", type=Path, help="query video file")
+    q.add_argument("--music", type=Path, help="query music file")
+    p.add_argument("-k", type=int, default=10, help="how many results")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--extractor", type=Path, default=None,
+                   help="extractor.json to use instead of the checkpoint's record")
+    p.add_argument("--weights", type=Path, default=None, help="moved copy of the CNN weights")
+    p.add_argument("--pca", type=Path, default=None, help="moved copy of the PCA file")
+    p.add_argument("--workers", type=int, default=2, help="library files decoded in parallel")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=_cmd_retrieve)
