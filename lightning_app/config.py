@@ -372,6 +372,21 @@ def _experiment_layers(experiments_dir: Path, name: str, names: list[str],
     return [*_experiment_layers(experiments_dir, parent, names, (*chain, name)), (str(path), layer)]
 
 
+def config_from_dict(d: dict, where: str) -> Config:
+    """A resolved config saved earlier (config.yaml, a checkpoint) back into a `Config`."""
+    merged = OmegaConf.structured(Config)
+    _check_keys(merged, d, where, prefix="")
+    try:
+        merged = OmegaConf.merge(merged, d)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", "") or "?"
+        raise ConfigError(f"{where}: bad value for '{key}': {str(e).splitlines()[0]}") from None
+    cfg = OmegaConf.to_object(merged)
+    assert isinstance(cfg, Config)
+    validate(cfg)
+    return cfg
+
+
 def to_dict(cfg: Config) -> dict:
     """The resolved config as plain containers (for YAML, JSON and W&B)."""
     return dataclasses.asdict(cfg)

@@ -17,6 +17,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
 from datamodules.atomic import write_json, write_text
 from datamodules.errors import DataError
+from datamodules.extract.specs import dataset_extractor
 from lightning_app.callbacks import RecallAtK
 from lightning_app.callbacks.back_retrieval import BackRetrieval
 from lightning_app.callbacks.rng_state import RNGState
@@ -41,6 +42,7 @@ def train(cfg: Config) -> tuple[dict[str, float], dict[str, Any]]:
     else:  # started alongside rank 0 (srun, torchrun): wait until it has built the store
         dims = wait_for_rank0(lambda: _store_dims(datamodule), f"the store {datamodule.store_path}")
     model = build_model(cfg, dims)
+    model.run_record = {"config": to_dict(cfg), "extractor": dataset_extractor(cfg.data.root)}
 
     run_dir, ckpt_path = open_run(cfg, target)
     commit = git_commit()

@@ -22,6 +22,14 @@ class RetrievalModule(pl.LightningModule, abc.ABC):
     def __init__(self, optim: dict[str, Any]):
         super().__init__()
         self.optim = dict(optim)
+        # Set by train(): the resolved config and the dataset's extractor record. Saved in
+        # every checkpoint, so `vmr retrieve` can rebuild the model and extract new media
+        # exactly as the training data was extracted.
+        self.run_record: dict[str, Any] | None = None
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.run_record is not None:
+            checkpoint["vmr"] = self.run_record
 
     @abc.abstractmethod
     def encode_video(self, batch: dict[str, Any]) -> torch.Tensor:
