@@ -200,3 +200,50 @@ def test_feature_batch_pads_or_samples_like_the_datamodules():
     x, m = feature_batch([a, b], frames=4)
     assert x.shape == (2, 4, 3) and m.tolist() == [[1, 1, 0, 0], [1] * 4]
     assert float(x[0, 2:].abs().sum()) == 0.0
+
+
+def test_vmnet_on_a_built_himv200k_layout_recommends_from_raw_files(tmp_path, resnet50_weights,
+                                                                     pca_1024, capsys):
+    """HIMV-200K models see every frame (pooled by VM-NET) and one 1140-d vector per track."""
+    videos, library = tmp_path / "videos", tmp_path / "library"
+    videos.mkdir()
+    library.mkdir()
+    for i, c in enumerate(COLORS[:4]):
+        make_video(videos / f"{c}.mp4", seconds=2.0, color=c, tone_hz=tone(i))
+        make_audio(library / f"track_{c}.wav", seconds=2.0, tone_hz=tone(i))
+    spec = VideoSpec(backbone="resnet50", weights=str(resnet50_weights), image_size=64,
+                     pca=str(pca_1024))
+    build_dataset(videos, tmp_path / "ds", "himv200k", spec, AudioSpec("vmnet"),
+                  val_fraction=0.25, test_fraction=0.25, progress=False)
+    cfg = load_config("vmnet_himv200k", [
+        f"data.root={tmp_path / 'ds'}", f"run_dir={tmp_path / 'runs'}", "data.batch_size=2",
+        "data.eval_batch_size=2", "loss.num_negatives=1", "loss.structure_k=2",
+        "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
+        "logger.wandb.mode=disabled",
+    ])
+    _, objects = train(cfg)
+    ckpt = objects["run_dir"] / "checkpoints" / "last.ckpt"
+    capsys.readouterr()  # the training table
+    assert main(["retrieve", "--ckpt", str(ckpt), "--library", str(library), "--video",
+                 str(videos / "red.mp4"), "-k", "4", "--json", "--device", "cpu",
+                 "--workers", "0"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert sorted(r["file"] for r in out["results"]) == [f"track_{c}.wav" for c in
+                                                          sorted(COLORS[:4])]
+
+    # The same scores from the model on independently computed features (all frames pooled).
+    from datamodules.extract.vmnet_audio import vmnet_features_from_file
+
+    rec = Recommender.from_checkpoint(ckpt, device=torch.device("cpu"))
+    frames = rec.extract("video", videos / "red.mp4")
+    assert frames.shape == (2, 1024)
+    np.testing.assert_allclose(
+        frames, np.load(tmp_path / "ds" / "features" / "video" / "red.npy"), atol=1e-5)
+    with torch.no_grad():
+        q = rec.model.encode_video({"video": torch.from_numpy(frames)[None],
+                                    "video_mask": torch.ones(1, 2, dtype=torch.bool)})
+        m = torch.from_numpy(np.stack([vmnet_features_from_file(library / r["file"])
+                                       for r in out["results"]]))[:, None, :]
+        g = rec.model.encode_music({"music": m, "music_mask": torch.ones(4, 1, dtype=torch.bool)})
+    np.testing.assert_allclose([r["score"] for r in out["results"]], (q @ g.T)[0].numpy(),
+                               atol=1e-5)
