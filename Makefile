@@ -60,7 +60,7 @@ $(BENCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[dev,bench]'
 	@touch $(BENCH_STAMP)
 
-bench: $(BENCH_STAMP) ## Benchmarks (~7-10 min on 2 cores): bench/results.{json,md}; ARGS="--quick" | "--only topk"
+bench: $(BENCH_STAMP) ## Benchmarks (~8-11 min on 2 cores): bench/results.{json,md}; ARGS="--quick" | "--only topk"
 	$(BIN)/python -m bench.run $(ARGS)
 
 lint: install ## Ruff lint

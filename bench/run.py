@@ -7,6 +7,8 @@ same run with the same thread count):
     topk       top-10 search, 100k x 100k (d = 128) vs faiss IndexFlatIP
     loading    YouTube-8M feature store vs reading the source TFRecords
     epoch      one VM-NET / II-CLVM epoch under Lightning vs a bare PyTorch loop
+    extract    audio (vmnet, logmel) and video (ResNet-50, Inception-v3 + PCA) extraction
+               from 30-s mp4 clips vs real time, and workers=2 vs workers=0
 
 Options: --quick (small sizes, for the smoke test), --only NAME (repeatable; the other
 groups of an existing results.json of the same mode and thread count are kept), --out DIR
@@ -34,7 +36,7 @@ from bench.common import (
     set_threads,
 )
 
-GROUPS = ("retrieval", "topk", "loading", "epoch")
+GROUPS = ("retrieval", "topk", "loading", "epoch", "extract")
 HERE = Path(__file__).resolve().parent
 
 

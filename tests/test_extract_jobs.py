@@ -127,7 +127,11 @@ def test_extract_audio_logmel_on_real_files_lists_each_bad_file_with_its_reason(
     assert np.load(tmp_path / "out" / "v1.npy").shape == (2, 128)
 
 
-def test_parallel_workers_write_the_same_features_as_one_process(media_folder, tmp_path):
+def test_parallel_workers_write_the_same_features_as_one_process(media_folder, tmp_path,
+                                                                  monkeypatch):
+    import datamodules.extract.jobs as jobs
+
+    monkeypatch.setattr(jobs, "MIN_TASKS_PER_WORKER", 0)  # two workers even for five files
     serial = extract_audio(media_folder, tmp_path / "serial", AudioSpec("logmel"), workers=0,
                            progress=False)
     parallel = extract_audio(media_folder, tmp_path / "parallel", AudioSpec("logmel"),
@@ -138,3 +142,16 @@ def test_parallel_workers_write_the_same_features_as_one_process(media_folder, t
         np.testing.assert_allclose(np.load(tmp_path / "parallel" / f"{name}.npy"),
                                    np.load(tmp_path / "serial" / f"{name}.npy"), rtol=1e-5,
                                    atol=1e-5)
+
+
+def test_short_jobs_run_in_this_process(tmp_path, monkeypatch):
+    """Starting workers costs seconds; fewer than 4 tasks per worker stay in-process."""
+    import datamodules.extract.jobs as jobs
+
+    seen = []
+    monkeypatch.setattr(jobs, "DataLoader", lambda *a, **kw: seen.append(kw["num_workers"]) or [])
+    files = _write_files(tmp_path / "in", [f"{i}.wav" for i in range(7)])
+    run_jobs(plan_tasks(files, tmp_path / "out"), _mean_of_file, workers=2, progress=False)
+    files = _write_files(tmp_path / "in2", [f"{i}.wav" for i in range(8)])
+    run_jobs(plan_tasks(files, tmp_path / "out2"), _mean_of_file, workers=2, progress=False)
+    assert seen == [0, 2]

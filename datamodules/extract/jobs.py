@@ -123,9 +123,18 @@ class _Prepared(Dataset):
             return i, None, f"{self.tasks[i].source}: {type(e).__name__}: {e}"
 
 
+# Starting worker processes costs 1.5-4 s (imports, librosa's JIT) and pays off only over
+# longer jobs (make bench: `extract`), so short ones run in this process.
+MIN_TASKS_PER_WORKER = 4
+
+
 def _one_thread(_: int) -> None:
-    # Each worker handles one file at a time; W workers x N threads would oversubscribe.
+    # Each worker handles one file at a time; W workers x N threads would oversubscribe the
+    # cores: torch's threads and the BLAS/OpenMP pools numpy and librosa use.
     torch.set_num_threads(1)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
 
 
 def _check_output(array: np.ndarray, task: Task) -> np.ndarray:
@@ -157,6 +166,8 @@ def run_jobs(
             summary.skipped.append(t.name)
         else:
             todo.append(t)
+    if len(todo) < MIN_TASKS_PER_WORKER * workers:
+        workers = 0
     start = time.perf_counter()
     if todo:
         loader = DataLoader(_Prepared(todo, prepare), batch_size=None, shuffle=False,
