@@ -114,8 +114,8 @@ class ClockedAudio(AudioSpec):
 
 @dataclasses.dataclass(frozen=True)
 class ClockedVideo(VideoSpec):
-    def encoder(self, device=None):
-        encode = super().encoder(device)
+    def encoder(self, device=None, loaded=None):
+        encode = super().encoder(device, loaded)
 
         def run(frames):
             t = time.perf_counter()
@@ -139,9 +139,8 @@ class ClockedVideo(VideoSpec):
 
 def _job(spec: AudioSpec | VideoSpec, src: Path, out: Path, workers: int) -> dict[str, Any]:
     """One extraction job over `src` into the empty folder `out`, clocked."""
-    from datamodules.extract import jobs
+    from datamodules.extract import default_device, jobs
     from datamodules.extract.folders import extract_audio, extract_video
-    from datamodules.extract.specs import default_device
 
     _reset_clock()
     # Measure the workers even on a few files: the library would run so short a job in-process.
@@ -166,8 +165,8 @@ def _warm_and_decode(spec, files: list[Path]) -> tuple[float, float, float]:
     seconds of the log-mel step over `files` with one torch thread or 0)."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    from datamodules.extract import default_device
     from datamodules.extract.decode import decode_audio, decode_video_frames
-    from datamodules.extract.specs import default_device
 
     flops = one_thread = 0.0
     if isinstance(spec, VideoSpec):
@@ -264,8 +263,8 @@ def _rows(label: str, spec, files: list[Path], seconds: float, r0: dict, r2: dic
 
 
 def run(ctx) -> dict[str, Any]:
+    from datamodules.extract import default_device
     from datamodules.extract.pca import PCAWhitening
-    from datamodules.extract.specs import default_device
 
     s = QUICK if ctx.quick else FULL
     n, seconds = s["files"], s["seconds"]

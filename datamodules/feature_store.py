@@ -93,7 +93,7 @@ class _SplitWriter:
             out.flush()
             del out, src
             raw_path.unlink()
-            info["modalities"][name] = {"frames": shape[0], "sha256": _sha256(final)}
+            info["modalities"][name] = {"frames": shape[0], "sha256": sha256_file(final)}
         return info
 
 
@@ -118,7 +118,7 @@ def _checked(item: Item, name: str, spec: ModalitySpec) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=target)
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):

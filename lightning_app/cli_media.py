@@ -22,9 +22,9 @@ from datamodules.errors import DataError
 def _device(name: str | None):
     import torch
 
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from datamodules.extract import default_device
+
+    return torch.device(name) if name else default_device()
 
 
 def _video_spec(args: argparse.Namespace):

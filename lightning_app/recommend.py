@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 from pathlib import Path
@@ -24,6 +25,7 @@ import torch
 
 from datamodules.atomic import atomic_file
 from datamodules.errors import DataError
+from datamodules.extract import default_device
 from datamodules.extract.jobs import (
     MEDIA_EXTENSIONS,
     VIDEO_EXTENSIONS,
@@ -31,7 +33,7 @@ from datamodules.extract.jobs import (
     list_media,
     run_jobs,
 )
-from datamodules.extract.specs import AudioSpec, VideoSpec, sha256_file, specs_from_record
+from datamodules.extract.specs import AudioSpec, VideoSpec, specs_from_record
 from datamodules.sampling import global_sparse_batch
 from lightning_app.config import Config, config_from_dict
 from lightning_app.errors import ConfigError
@@ -73,7 +75,7 @@ class Recommender:
         content must still match the recorded SHA-256.
         """
         path = Path(ckpt)
-        state, rec = _read_checkpoint(path)
+        state, rec, digest = _read_checkpoint(path)
         cfg = config_from_dict(rec["config"], str(path))
         model_cfg = getattr(cfg.model, cfg.model.name)
         text = getattr(model_cfg, "text", None)
@@ -86,7 +88,7 @@ class Recommender:
         if missing or unexpected:
             raise DataError(f"{path}: weights do not fit a {cfg.model.name} model "
                             f"({len(missing)} missing, {len(unexpected)} unexpected keys)")
-        device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = device or default_device()
         model.to(device).eval()
         record = extractor if extractor is not None else rec.get("extractor")
         if not record:
@@ -105,17 +107,20 @@ class Recommender:
             if spec.dim != want:
                 raise ConfigError(f"{path}: the model takes {want}-d {side} features but the "
                                   f"extractor makes {spec.dim}-d ones")
-        return cls(model, cfg, {"video": video, "music": audio}, sha256_file(path), device)
+        return cls(model, cfg, {"video": video, "music": audio}, digest, device)
 
     # ----- features and embeddings -----------------------------------------------------------
 
+    def _finish(self, side: str) -> Any:
+        """The side's main-process step (CNN, log-mel, or None), built once per recommender."""
+        if side not in self._finishers:
+            self._finishers[side] = self.specs[side].finish(self.device)
+        return self._finishers[side]
+
     def extract(self, side: str, path: Path) -> np.ndarray:
         """Features of one media file, exactly as the training data was extracted."""
-        spec = self.specs[side]
-        if side not in self._finishers:  # build the CNN / log-mel once per recommender
-            self._finishers[side] = spec.finish(self.device)
-        finish = self._finishers[side]
-        prepared = spec.prepare()(Path(path))
+        finish = self._finish(side)
+        prepared = self.specs[side].prepare()(Path(path))
         out = finish(prepared) if finish is not None else prepared
         return np.asarray(out, dtype=np.float32)
 
@@ -149,7 +154,7 @@ class Recommender:
             tasks.append(Task(rel, f, feature_dir / f"{_file_key(f, rel)}.npy"))
         # Build the extractor (a CNN, for videos) only when some file is not cached yet.
         new = any(not t.output.exists() for t in tasks)
-        summary = run_jobs(tasks, spec.prepare(), spec.finish(self.device) if new else None,
+        summary = run_jobs(tasks, spec.prepare(), self._finish(side) if new else None,
                            workers=workers, what=f"library {side} features", progress=progress)
         if summary.done:
             log.info("%s", summary.line())
@@ -209,11 +214,14 @@ def feature_batch(arrays: list[np.ndarray],
     return torch.from_numpy(x.astype(np.float32)), torch.from_numpy(mask)
 
 
-def _read_checkpoint(path: Path) -> tuple[dict, dict]:
-    if not path.is_file():
-        raise DataError(f"{path}: checkpoint not found")
+def _read_checkpoint(path: Path) -> tuple[dict, dict, str]:
+    """(state dict, run record, SHA-256 of the file), reading the file once."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        data = path.read_bytes()
+    except (FileNotFoundError, IsADirectoryError):
+        raise DataError(f"{path}: checkpoint not found") from None
+    try:
+        ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - pickle, zip and torch errors alike
         raise DataError(f"{path}: not a readable checkpoint ({type(e).__name__})") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
@@ -227,7 +235,7 @@ def _read_checkpoint(path: Path) -> tuple[dict, dict]:
         import yaml
 
         rec = {"config": yaml.safe_load(cfg_file.read_text()), "extractor": None}
-    return ckpt["state_dict"], rec
+    return ckpt["state_dict"], rec, hashlib.sha256(data).hexdigest()
 
 
 def _file_key(path: Path, rel: str) -> str:

@@ -11,7 +11,8 @@ from media import make_corrupt, make_video
 from datamodules.errors import DataError
 from datamodules.extract.build_dataset import build_dataset, split_ids
 from datamodules.extract.folders import PCAPlan
-from datamodules.extract.specs import AudioSpec, VideoSpec, read_record, sha256_file
+from datamodules.extract.specs import AudioSpec, VideoSpec, read_record
+from datamodules.feature_store import sha256_file
 from datamodules.himv200k import pack_himv200k
 from datamodules.mvd import pack_mvd, read_splits
 from lightning_app.cli import main

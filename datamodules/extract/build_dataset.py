@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import logging
 from pathlib import Path
 
 import torch
@@ -33,8 +32,6 @@ from datamodules.errors import DataError
 from datamodules.extract.folders import PCAPlan, extract_audio, extract_video
 from datamodules.extract.jobs import JobSummary
 from datamodules.extract.specs import AudioSpec, VideoSpec, record
-
-log = logging.getLogger("vmr")
 
 LAYOUTS = ("himv200k", "mvd")
 HIMV_VIDEO_DIM = 1024

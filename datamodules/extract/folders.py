@@ -19,7 +19,7 @@ import torch
 
 from datamodules.errors import DataError
 from datamodules.extract.jobs import JobSummary, Task, list_media, plan_tasks, run_jobs
-from datamodules.extract.specs import AudioSpec, VideoSpec, sha256_file
+from datamodules.extract.specs import AudioSpec, VideoSpec, file_sha256
 
 log = logging.getLogger("vmr")
 
@@ -50,14 +50,16 @@ def extract_video(source: Path, out: Path, spec: VideoSpec, pca: PCAPlan | None 
     """
     pca = pca or PCAPlan()
     tasks = plan_tasks(list_media(source), out)
-    if spec.weights and not spec.weights_sha256:
-        spec = dataclasses.replace(spec, weights=str(Path(spec.weights).resolve()),
-                                   weights_sha256=_sha256_or_error(spec.weights, "CNN weights"))
+    # Loading the CNN first also checks the weights file, before anything is written.
+    cnn = spec.load_encoder(device)
+    spec = dataclasses.replace(spec, weights=str(Path(spec.weights).resolve()),
+                               weights_sha256=cnn.weights_sha256)
+    encode = spec.encoder(loaded=cnn)
     if spec.pca or pca.dim == 0:
         if spec.pca and not spec.pca_sha256:
             spec = dataclasses.replace(spec, pca=str(Path(spec.pca).resolve()),
-                                       pca_sha256=_sha256_or_error(spec.pca, "PCA"))
-        encode, project = spec.encoder(device), spec.project(codes=codes)
+                                       pca_sha256=file_sha256(spec.pca, "PCA"))
+        project = spec.project(codes=codes)
         summary = run_jobs(tasks, spec.prepare(), lambda f: project(encode(f)), workers,
                            what=f"video {spec.backbone}", progress=progress)
         return summary, spec
@@ -65,12 +67,13 @@ def extract_video(source: Path, out: Path, spec: VideoSpec, pca: PCAPlan | None 
     todo = [t for t in tasks if not t.output.exists()]
     raw_dir = out / ".raw"
     raw_tasks = [Task(t.name, t.source, raw_dir / f"{t.name}.npy") for t in todo]
-    raw = run_jobs(raw_tasks, spec.prepare(), spec.encoder(device), workers,
+    raw = run_jobs(raw_tasks, spec.prepare(), encode, workers,
                    what=f"video {spec.backbone} (CNN)", progress=progress)
     pca_path = out / "pca.npz"
     if not pca_path.exists():
         _fit_pca(sorted(raw_dir.glob("*.npy")), pca, pca_path)
-    spec = dataclasses.replace(spec, pca=str(pca_path.resolve()), pca_sha256=sha256_file(pca_path))
+    spec = dataclasses.replace(spec, pca=str(pca_path.resolve()),
+                               pca_sha256=file_sha256(str(pca_path), "PCA"))
     ready = [t for t in raw_tasks if t.output.exists()]
     project = spec.project(codes=codes)
     projected = run_jobs([Task(t.name, t.output, out / f"{t.name}.npy") for t in ready],
@@ -99,9 +102,3 @@ def _fit_pca(raw_files: list[Path], plan: PCAPlan, path: Path) -> None:
     log.info("fitting PCA whitening to %d dims on %d frames from %d videos", plan.dim,
              len(sample), len(arrays))
     PCAWhitening.fit(sample, dim=plan.dim).save(path)
-
-
-def _sha256_or_error(path: str, what: str) -> str:
-    if not Path(path).is_file():
-        raise DataError(f"{path}: {what} file not found")
-    return sha256_file(path)

@@ -25,6 +25,7 @@ import torch
 import torchaudio
 
 from datamodules.errors import DataError
+from datamodules.extract import default_device
 from datamodules.extract.decode import check_waveform, decode_audio
 
 LOGMEL_SAMPLE_RATE = 16000
@@ -40,10 +41,6 @@ LOG_OFFSET = 1e-6
 def n_rows(n_samples: int, sample_rate: int = LOGMEL_SAMPLE_RATE) -> int:
     """Output rows for `n_samples`: whole seconds, plus a last part of >= 0.5 s; at least 1."""
     return max(1, (2 * n_samples + sample_rate) // (2 * sample_rate))
-
-
-def _default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _as_tensor(waveform: np.ndarray | torch.Tensor, source: str) -> torch.Tensor:
@@ -68,7 +65,7 @@ class LogMelExtractor:
     """
 
     def __init__(self, device: str | torch.device | None = None):
-        self.device = torch.device(device) if device is not None else _default_device()
+        self.device = torch.device(device) if device is not None else default_device()
         self.mel = torchaudio.transforms.MelSpectrogram(
             sample_rate=LOGMEL_SAMPLE_RATE,
             n_fft=N_FFT,

@@ -14,7 +14,6 @@ CNN, log-mel, PCA).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -24,21 +23,11 @@ import numpy as np
 import torch
 
 from datamodules.errors import DataError
+from datamodules.extract import default_device
+from datamodules.feature_store import sha256_file
 
 AUDIO_FEATURES = ("vmnet", "logmel")
 RECORD_VERSION = 1
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 # ----- audio -------------------------------------------------------------------------------
@@ -119,13 +108,21 @@ class VideoSpec:
     def prepare(self) -> Callable[[Path], Any]:
         return _FramePrepare(self.fps, self.max_seconds, self.size)
 
-    def encoder(self, device: torch.device | None = None) -> Callable[[torch.Tensor], np.ndarray]:
-        """Frames -> raw [T, 2048] CNN features (before PCA)."""
+    def load_encoder(self, device: torch.device | None = None) -> Any:
+        """The CNN (a FrameEncoder), its weights checked against the recorded SHA-256."""
         from datamodules.extract.video_backbone import load_frame_encoder
 
-        check_sha256(self.weights, self.weights_sha256, "CNN weights")
         enc = load_frame_encoder(self.backbone, self.weights, device=device or default_device(),
                                  image_size=self.size)
+        # The encoder hashed exactly the bytes it loaded: no second read of the file.
+        if self.weights_sha256 and enc.weights_sha256 != self.weights_sha256:
+            raise DataError(_changed(self.weights, "CNN weights", self.weights_sha256))
+        return enc
+
+    def encoder(self, device: torch.device | None = None,
+                loaded: Any = None) -> Callable[[torch.Tensor], np.ndarray]:
+        """Frames -> raw [T, 2048] CNN features (before PCA); `loaded`: a FrameEncoder."""
+        enc = loaded or self.load_encoder(device)
         return lambda frames: enc.encode(frames, batch_size=self.batch_size).numpy()
 
     def project(self, codes: bool = False) -> Callable[[np.ndarray], np.ndarray]:
@@ -177,13 +174,22 @@ class _FramePrepare:
                                    size=(self.size, self.size))
 
 
+def file_sha256(path: str, what: str) -> str:
+    """The SHA-256 of a file the extraction needs; a one-line error when it is missing."""
+    if not Path(path).is_file():
+        raise DataError(f"{path}: {what} file not found")
+    return sha256_file(path)
+
+
 def check_sha256(path: str, expected: str, what: str) -> None:
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"{p}: {what} file not found")
-    if expected and sha256_file(p) != expected:
-        raise DataError(f"{p}: {what} file changed since the features were extracted "
-                        f"(sha256 differs from the recorded {expected[:12]}...)")
+    digest = file_sha256(path, what)
+    if expected and digest != expected:
+        raise DataError(_changed(path, what, expected))
+
+
+def _changed(path: str, what: str, expected: str) -> str:
+    return (f"{path}: {what} file changed since the features were extracted (sha256 differs "
+            f"from the recorded {expected[:12]}...)")
 
 
 # ----- the record ----------------------------------------------------------------------------

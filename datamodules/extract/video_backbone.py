@@ -32,6 +32,7 @@ import torchvision
 from torch import nn
 
 from datamodules.errors import DataError
+from datamodules.extract import default_device
 
 BACKBONES = ("inception_v3", "resnet50")
 FEATURE_DIM = 2048
@@ -89,7 +90,7 @@ def load_frame_encoder(backbone: str, weights: str | Path, device: torch.device 
     if backbone not in BACKBONES:
         raise DataError(f"unknown video backbone {backbone!r}; choices: {', '.join(BACKBONES)}")
     if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = default_device()
     size = DEFAULT_IMAGE_SIZE[backbone] if image_size is None else int(image_size)
     if size < MIN_IMAGE_SIZE[backbone]:
         raise DataError(f"image_size={size} is too small for {backbone} "
