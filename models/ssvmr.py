@@ -44,7 +44,7 @@ from models.encoders import TemporalEncoder
 
 MIX_DISTRIBUTIONS = ("uniform", "beta")
 
-# The `model` dict schema with its defaults (mirrors lightning_app.config.SSVMRConfig).
+# The `model` dict schema with its defaults (mirrors lightning_app.config.methods.SSVMRConfig).
 _ENCODER_DEFAULTS = {"kind": "transformer", "d_model": 256, "layers": 2, "heads": 4,
                      "dropout": 0.1}
 _MODEL_DEFAULTS: dict[str, Any] = {

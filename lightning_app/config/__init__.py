@@ -1,0 +1,78 @@
+"""Experiment configuration: the schema (dataclasses), its value checks, and the loading of
+`experiments/base.yaml` + `experiments/NAME.yaml` + `key=value` overrides."""
+
+from lightning_app.config.loading import (
+    EXPERIMENTS_DIR,
+    EXTENDS,
+    PROJECT_ROOT,
+    config_from_dict,
+    experiment_names,
+    load_config,
+    to_dict,
+    to_yaml,
+)
+from lightning_app.config.methods import (
+    BackRetrievalConfig,
+    CMGSDConfig,
+    EncoderConfig,
+    IICLVMConfig,
+    IILossConfig,
+    LossConfig,
+    MixingConfig,
+    ModelConfig,
+    SelfTrainingConfig,
+    SSVMRConfig,
+    TextConfig,
+    VMNetConfig,
+)
+from lightning_app.config.schema import (
+    CheckpointConfig,
+    Config,
+    DataConfig,
+    EarlyStoppingConfig,
+    EMAConfig,
+    EvalConfig,
+    LoggerConfig,
+    OptimConfig,
+    SynthConfig,
+    TrainerConfig,
+    WandbConfig,
+)
+from lightning_app.config.schema_base import choice
+from lightning_app.config.validation import validate
+
+__all__ = [
+    "BackRetrievalConfig",
+    "CMGSDConfig",
+    "CheckpointConfig",
+    "Config",
+    "DataConfig",
+    "EarlyStoppingConfig",
+    "EMAConfig",
+    "EXPERIMENTS_DIR",
+    "EXTENDS",
+    "EncoderConfig",
+    "EvalConfig",
+    "IICLVMConfig",
+    "IILossConfig",
+    "LoggerConfig",
+    "LossConfig",
+    "MixingConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "PROJECT_ROOT",
+    "SSVMRConfig",
+    "SelfTrainingConfig",
+    "SynthConfig",
+    "TextConfig",
+    "TrainerConfig",
+    "VMNetConfig",
+    "WandbConfig",
+    "choice",
+    "config_from_dict",
+    "experiment_names",
+    "load_config",
+    "to_dict",
+    "to_yaml",
+    "validate",
+]

@@ -1,0 +1,163 @@
+"""Config sections of the methods: models, their losses, self-training and back retrieval."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lightning_app.config.schema_base import choice
+
+
+@dataclass
+class VMNetConfig:
+    music_dim: int = 1140
+    video_dim: int = 1024
+    embed_dim: int = 512
+    music_hidden: list[int] = field(default_factory=lambda: [2048, 1024])
+    video_hidden: list[int] = field(default_factory=lambda: [2048])
+    dropout: float = 0.1
+    bn_eps: float = 1e-3
+    bn_momentum: float = 0.01
+    # The released train.py's `is_linear` flag: drop the ReLUs.
+    is_linear: bool = False
+    # How frame sequences become one vector (HIMV-200K is already one vector per track).
+    video_pooling: str = choice("mean", ("mean", "max", "mean_max"))
+
+
+@dataclass
+class EncoderConfig:
+    kind: str = choice("transformer", ("transformer", "mean", "bilstm"))
+    d_model: int = 256
+    layers: int = 2
+    heads: int = 4
+    dropout: float = 0.1
+
+
+@dataclass
+class TextConfig:
+    """II-CLVTM's video-side text: raw text through a hashed-token encoder, or precomputed."""
+
+    enabled: bool = False
+    source: str = choice("hashed", ("hashed", "precomputed"))
+    buckets: int = 32768
+    max_tokens: int = 32
+    # Dimension of precomputed text embeddings (`text_emb` in the batch).
+    dim: int = 384
+
+
+@dataclass
+class IICLVMConfig:
+    video_dim: int = 1024
+    music_dim: int = 128
+    embed_dim: int = 256
+    video_encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    music_encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    temperature: float = 0.07
+    learnable_temperature: bool = True
+
+
+@dataclass
+class MixingConfig:
+    """SSVMR span-level mixing (reconstruction, METHODS.md)."""
+
+    enabled: bool = True
+    # Fraction of training samples mixed, and the span as a fraction of the video's length.
+    prob: float = 0.5
+    min_span: float = 0.1
+    max_span: float = 0.5
+    distribution: str = choice("uniform", ("uniform", "beta"))
+    beta_a: float = 2.0
+    beta_b: float = 2.0
+
+
+@dataclass
+class SSVMRConfig:
+    video_dim: int = 512
+    music_dim: int = 128
+    embed_dim: int = 256
+    video_encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    music_encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    temperature: float = 0.07
+    learnable_temperature: bool = True
+    # Video frames pooled by learned saliency attention; mixing targets follow its mass.
+    saliency: bool = True
+    mixing: MixingConfig = field(default_factory=MixingConfig)
+
+
+@dataclass
+class ModelConfig:
+    name: str = choice("vmnet", ("vmnet", "iiclvm", "ssvmr"))
+    vmnet: VMNetConfig = field(default_factory=VMNetConfig)
+    iiclvm: IICLVMConfig = field(default_factory=IICLVMConfig)
+    ssvmr: SSVMRConfig = field(default_factory=SSVMRConfig)
+
+
+@dataclass
+class CMGSDConfig:
+    """CMGSD adaptive margin (reconstruction, METHODS.md): m = max(0, alpha + beta z(d))."""
+
+    fixed_margin: float = 0.1
+    alpha: float = 0.2
+    beta: float = 1.0
+    # lambda ramps 0 -> 1 over this many epochs (self-distillation terms phase in).
+    ramp_epochs: int = 5
+    # Use the frozen raw input features as CMGSD's static expert.
+    static: bool = True
+
+
+@dataclass
+class LossConfig:
+    """VM-NET: L = 3 L_mv + 1 L_vm + 0.2 L_struct(music) + 0.2 L_struct(video)."""
+
+    num_negatives: int = 100
+    # A number, or "adaptive" for CMGSD's per-negative margins (settings in `cmgsd`).
+    margin: float | str = 0.1
+    music_to_video_weight: float = 3.0
+    video_to_music_weight: float = 1.0
+    structure_k: int = 100
+    structure_music_weight: float = 0.2
+    structure_video_weight: float = 0.2
+    cmgsd: CMGSDConfig = field(default_factory=CMGSDConfig)
+
+
+@dataclass
+class IILossConfig:
+    """II-CLVM's inter-intra loss; weight 0 gives the plain contrastive baseline."""
+
+    weight: float = 1.0
+    variant: str = choice("mse", ("mse", "kl", "rank"))
+    video_weight: float = 1.0
+    music_weight: float = 1.0
+    text_weight: float = 1.0
+    # Softmax temperature of the `kl` variant; `k`: samples used by the `rank` variant.
+    temperature: float = 0.1
+    k: int = 100
+
+
+@dataclass
+class SelfTrainingConfig:
+    """Pseudo-label self-training rounds (SSVMR; reconstruction, METHODS.md)."""
+
+    enabled: bool = False
+    epochs_per_round: int = 4
+    rounds: int = 2
+    # A pair is flagged when its paired song ranks beyond this among all training songs.
+    rank_threshold: int = 50
+    action: str = choice("reassign", ("drop", "downweight", "reassign"))
+    downweight: float = 0.2
+    # Re-assign only when the top song beats the paired one by this cosine margin.
+    reassign_margin: float = 0.1
+    fallback: str = choice("downweight", ("downweight", "drop", "keep"))
+
+
+@dataclass
+class BackRetrievalConfig:
+    """Back-retrieval augmentation: cycle-consistent video -> music -> video pairs."""
+
+    enabled: bool = False
+    every_n_epochs: int = 4
+    start_epoch: int = 4
+    rank_tolerance: int = 1
+    similarity_floor: float = 0.5
+    weight: float = 0.5
+    max_new: int = 100000

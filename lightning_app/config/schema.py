@@ -1,0 +1,193 @@
+"""The experiment configuration schema: one dataclass per section, defaults included.
+
+`lightning_app.config.loading` checks every YAML layer and override against these classes
+before merging. Choices (dataset, model, ...) are data in field metadata, never module paths
+to import.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from lightning_app.config.methods import (
+    BackRetrievalConfig,
+    IILossConfig,
+    LossConfig,
+    ModelConfig,
+    SelfTrainingConfig,
+)
+from lightning_app.config.schema_base import choice
+
+
+@dataclass
+class SynthConfig:
+    """Planted synthetic data generated into `data.root` on first use (see `vmr synth`)."""
+
+    enabled: bool = False
+    pairs: int = 6000
+    val: int = 1000
+    test: int = 1000
+    styles: int = 16
+    tau: float = 0.6
+    noise: float = 0.0
+    missing: float = 0.0
+    frames: int = 12
+    span: float = 0.5
+    feature_noise: float = 0.5
+    seed: int = 0
+    # YouTube-8M format only: planted in-video text (II-CLVTM) and the number of TFRecord shards.
+    text: bool = False
+    shards: int = 4
+    # MVD format only: fraction of videos whose (true) song is another pair's song.
+    shared_songs: float = 0.1
+
+
+@dataclass
+class DataConfig:
+    dataset: str = choice("himv200k", ("himv200k", "youtube8m", "mvd"))
+    root: str = "data/synthetic_himv200k"
+    # Packed feature store; empty means `<root>/store`. Built by `vmr prepare` or on first use.
+    store: str = ""
+    # Global batch size: split evenly over all devices and nodes.
+    batch_size: int = 1000
+    eval_batch_size: int = 1000
+    num_workers: int = 0
+    # Used only when the dataset ships no split files (HIMV-200K): the last `test_size` ids
+    # are the test split and the `val_size` before them the validation split.
+    val_size: int = 4000
+    test_size: int = 1000
+    # Sequence datasets (YouTube-8M): Global Sparse sampling takes one frame from each of
+    # `frames` equal segments (random in training, centred in evaluation).
+    frames: int = 32
+    # YouTube-8M: the music-video subset, by vocabulary name or label id.
+    labels: list[str] = field(default_factory=lambda: ["Music video"])
+    # Processes reading source files in parallel while packing the store.
+    prepare_workers: int = 2
+    synthetic: SynthConfig = field(default_factory=SynthConfig)
+
+
+@dataclass
+class OptimConfig:
+    name: str = choice("adam", ("adam", "adamw", "sgd"))
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    scheduler: str = choice("constant", ("constant", "cosine"))
+    warmup_steps: int = 0
+
+
+@dataclass
+class TrainerConfig:
+    max_epochs: int = 20
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: Any = "32-true"
+    gradient_clip_val: float | None = None
+    check_val_every_n_epoch: int = 1
+    log_every_n_steps: int = 10
+    # As in Lightning: an int is a number of batches, a float in [0, 1] a fraction (a typed
+    # float field would turn `=10` into 10.0, which Lightning rejects).
+    limit_train_batches: Any = None
+    limit_val_batches: Any = None
+    limit_test_batches: Any = None
+    # Lightning's debugging keys, passed through as Lightning defines them.
+    fast_dev_run: Any = False
+    overfit_batches: Any = 0.0
+    max_steps: int = -1
+    val_check_interval: Any = None
+    profiler: str = choice("none", ("none", "simple", "advanced", "pytorch"))
+    # torch.compile the model before fitting.
+    compile: bool = False
+    # Split each (global) batch into this many micro-batches; for in-batch contrastive and
+    # ranking losses the gradient is the full batch's (embedding cache, as GradCache).
+    accumulate_grad_batches: int = 1
+    deterministic: bool = False
+    enable_progress_bar: bool = True
+
+
+@dataclass
+class EarlyStoppingConfig:
+    """Stop when `monitor` has not improved for `patience` validations; empty: off."""
+
+    monitor: str = ""
+    mode: str = choice("max", ("max", "min"))
+    patience: int = 3
+    min_delta: float = 0.0
+
+
+@dataclass
+class EMAConfig:
+    """Exponential moving average of the weights; evaluation and checkpoints use it."""
+
+    enabled: bool = False
+    decay: float = 0.999
+    # Optimizer steps before averaging starts (the average starts from the weights then).
+    start_step: int = 0
+
+
+@dataclass
+class EvalConfig:
+    ks: list[int] = field(default_factory=lambda: [1, 5, 10, 50, 100])
+    chunk_size: int = 4096
+    # Length of the recall-at-K curve image logged to W&B.
+    curve_max_k: int = 100
+    # `vmr eval`: the split to score, and R seeded random galleries of N items that contain
+    # each query's positives (0: the whole split as gallery).
+    split: str = choice("test", ("test", "val", "train"))
+    gallery_size: int = 0
+    draws: int = 1
+    # Per-query results: each query's top-k gallery ids and scores.
+    topk: int = 10
+    save_embeddings: bool = False
+
+
+@dataclass
+class CheckpointConfig:
+    monitor: str = "val/v2m/R@10"
+    mode: str = choice("max", ("max", "min"))
+    save_top_k: int = 1
+    save_last: bool = True
+
+
+@dataclass
+class WandbConfig:
+    # auto: online when WANDB_API_KEY is set, otherwise offline.
+    mode: str = choice("auto", ("auto", "online", "offline", "disabled"))
+    project: str = "vmr"
+    entity: str | None = None
+    tags: list[str] = field(default_factory=list)
+    # Empty: the experiment name. Sweeps and studies set one group per sweep, the arm as job type.
+    group: str = ""
+    job_type: str = ""
+
+
+@dataclass
+class LoggerConfig:
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+@dataclass
+class Config:
+    name: str = ""
+    description: str = ""
+    seed: int = 0
+    run_dir: str = "runs"
+    # Continue a run in its own folder: a run folder, or "last" (the newest run of this
+    # experiment with checkpoints/last.ckpt). Only trainer.max_epochs may differ from the run.
+    resume: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    ii_loss: IILossConfig = field(default_factory=IILossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    self_training: SelfTrainingConfig = field(default_factory=SelfTrainingConfig)
+    back_retrieval: BackRetrievalConfig = field(default_factory=BackRetrievalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)

@@ -1,0 +1,127 @@
+"""Value checks that types cannot express: choices from field metadata, then ranges."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from lightning_app.config.schema import Config
+from lightning_app.errors import ConfigError
+
+
+def validate(cfg: Config) -> None:
+    """Choices from field metadata, then value ranges that types cannot express."""
+    _check_choices(cfg, "")
+    d, syn, t = cfg.data, cfg.data.synthetic, cfg.trainer
+    checks = [
+        ("data.batch_size", d.batch_size > 0, "must be > 0"),
+        ("data.eval_batch_size", d.eval_batch_size > 0, "must be > 0"),
+        ("data.num_workers", d.num_workers >= 0, "must be >= 0"),
+        ("data.val_size", d.val_size >= 1, "must be >= 1"),
+        ("data.test_size", d.test_size >= 1, "must be >= 1"),
+        ("data.synthetic.val", syn.val >= 1, "must be >= 1"),
+        ("data.synthetic.test", syn.test >= 1, "must be >= 1"),
+        ("data.synthetic.pairs", syn.pairs > syn.val + syn.test,
+         f"must be > data.synthetic.val + data.synthetic.test = {syn.val + syn.test}"),
+        ("data.synthetic.styles", syn.styles >= 1, "must be >= 1"),
+        ("data.synthetic.frames", syn.frames >= 1, "must be >= 1"),
+        ("data.synthetic.span", 0.0 < syn.span <= 1.0, "must be in (0, 1]"),
+        ("data.synthetic.tau", syn.tau >= 0.0, "must be >= 0"),
+        ("data.synthetic.feature_noise", syn.feature_noise >= 0.0, "must be >= 0"),
+        ("data.synthetic.noise", 0.0 <= syn.noise < 1.0, "must be in [0, 1)"),
+        ("data.synthetic.missing", 0.0 <= syn.missing < 1.0, "must be in [0, 1)"),
+        ("optim.lr", cfg.optim.lr > 0, "must be > 0"),
+        ("optim.weight_decay", cfg.optim.weight_decay >= 0, "must be >= 0"),
+        ("optim.warmup_steps", cfg.optim.warmup_steps >= 0, "must be >= 0"),
+        ("loss.num_negatives", cfg.loss.num_negatives > 0, "must be > 0"),
+        ("loss.structure_k", cfg.loss.structure_k >= 2, "must be >= 2"),
+        ("loss.margin", cfg.loss.margin == "adaptive"
+         or (not isinstance(cfg.loss.margin, str) and cfg.loss.margin >= 0),
+         "must be a number >= 0 or 'adaptive'"),
+        ("loss.cmgsd.ramp_epochs", cfg.loss.cmgsd.ramp_epochs >= 0, "must be >= 0"),
+        ("ii_loss.weight", cfg.ii_loss.weight >= 0, "must be >= 0"),
+        ("ii_loss.temperature", cfg.ii_loss.temperature > 0, "must be > 0"),
+        ("ii_loss.k", cfg.ii_loss.k >= 2, "must be >= 2"),
+        ("model.iiclvm.temperature", cfg.model.iiclvm.temperature > 0, "must be > 0"),
+        ("model.ssvmr.temperature", cfg.model.ssvmr.temperature > 0, "must be > 0"),
+        ("model.ssvmr.mixing.prob", 0.0 <= cfg.model.ssvmr.mixing.prob <= 1.0,
+         "must be in [0, 1]"),
+        ("model.ssvmr.mixing.min_span",
+         0.0 < cfg.model.ssvmr.mixing.min_span <= cfg.model.ssvmr.mixing.max_span <= 1.0,
+         "must satisfy 0 < min_span <= max_span <= 1"),
+        ("data.frames", d.frames >= 1, "must be >= 1"),
+        ("data.labels", bool(d.labels), "must name at least one label"),
+        ("data.prepare_workers", d.prepare_workers >= 0, "must be >= 0"),
+        ("data.synthetic.shards", syn.shards >= 1, "must be >= 1"),
+        ("data.synthetic.shared_songs", 0.0 <= syn.shared_songs < 1.0, "must be in [0, 1)"),
+        ("eval.ks", bool(cfg.eval.ks) and min(cfg.eval.ks) >= 1,
+         "must be a non-empty list of k >= 1"),
+        ("eval.chunk_size", cfg.eval.chunk_size > 0, "must be > 0"),
+        ("eval.curve_max_k", cfg.eval.curve_max_k >= 1, "must be >= 1"),
+        ("trainer.max_epochs", t.max_epochs > 0, "must be > 0"),
+        ("trainer.num_nodes", t.num_nodes >= 1, "must be >= 1"),
+        ("trainer.check_val_every_n_epoch", t.check_val_every_n_epoch >= 1, "must be >= 1"),
+        ("trainer.log_every_n_steps", t.log_every_n_steps >= 1, "must be >= 1"),
+        ("trainer.limit_train_batches", _is_batch_limit(t.limit_train_batches),
+         "must be empty, a number of batches (int >= 0) or a fraction in [0.0, 1.0]"),
+        ("trainer.limit_val_batches", _is_batch_limit(t.limit_val_batches),
+         "must be empty, a number of batches (int >= 0) or a fraction in [0.0, 1.0]"),
+        ("trainer.limit_test_batches", _is_batch_limit(t.limit_test_batches),
+         "must be empty, a number of batches (int >= 0) or a fraction in [0.0, 1.0]"),
+        ("trainer.overfit_batches", _is_batch_limit(t.overfit_batches),
+         "must be a number of batches (int >= 0) or a fraction in [0.0, 1.0]"),
+        ("trainer.fast_dev_run", isinstance(t.fast_dev_run, bool)
+         or (isinstance(t.fast_dev_run, int) and t.fast_dev_run >= 0),
+         "must be true, false or a number of batches >= 0"),
+        ("trainer.max_steps", t.max_steps >= -1, "must be >= -1 (-1: no limit)"),
+        ("trainer.val_check_interval", t.val_check_interval is None
+         or _is_batch_limit(t.val_check_interval) and t.val_check_interval != 0,
+         "must be empty, a number of training batches (int >= 1) or a fraction in (0.0, 1.0]"),
+        ("trainer.accumulate_grad_batches", t.accumulate_grad_batches >= 1, "must be >= 1"),
+        ("early_stopping.patience", cfg.early_stopping.patience >= 1, "must be >= 1"),
+        ("ema.decay", 0.0 < cfg.ema.decay < 1.0, "must be in (0, 1)"),
+        ("ema.start_step", cfg.ema.start_step >= 0, "must be >= 0"),
+        ("eval.gallery_size", cfg.eval.gallery_size >= 0, "must be >= 0 (0: the whole split)"),
+        ("eval.draws", cfg.eval.draws >= 1, "must be >= 1"),
+        ("eval.topk", cfg.eval.topk >= 1, "must be >= 1"),
+        ("checkpoint.save_top_k", cfg.checkpoint.save_top_k >= -1, "must be >= -1"),
+        ("self_training.epochs_per_round", cfg.self_training.epochs_per_round >= 1,
+         "must be >= 1"),
+        ("self_training.rounds", cfg.self_training.rounds >= 1, "must be >= 1"),
+        ("self_training.rank_threshold", cfg.self_training.rank_threshold >= 1, "must be >= 1"),
+        ("self_training.downweight", 0.0 <= cfg.self_training.downweight <= 1.0,
+         "must be in [0, 1]"),
+        ("back_retrieval.every_n_epochs", cfg.back_retrieval.every_n_epochs >= 1,
+         "must be >= 1"),
+        ("back_retrieval.rank_tolerance", cfg.back_retrieval.rank_tolerance >= 1,
+         "must be >= 1"),
+        ("back_retrieval.weight", cfg.back_retrieval.weight >= 0, "must be >= 0"),
+    ]
+    for key, ok, why in checks:
+        if not ok:
+            raise ConfigError(f"config: '{key}' {why} (got {_get(cfg, key)!r})")
+
+
+def _is_batch_limit(x: Any) -> bool:
+    if x is None:
+        return True
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return False
+    return x >= 0 if isinstance(x, int) else 0.0 <= x <= 1.0
+
+
+def _get(obj: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _check_choices(node: Any, prefix: str) -> None:
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        key = f"{prefix}{f.name}"
+        if "choices" in f.metadata and value not in f.metadata["choices"]:
+            valid = ", ".join(f.metadata["choices"])
+            raise ConfigError(f"config: '{key}' has unknown value {value!r} (choose from: {valid})")
+        if dataclasses.is_dataclass(value):
+            _check_choices(value, key + ".")
