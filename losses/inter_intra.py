@@ -7,7 +7,7 @@ of one-to-one video-music pairs. Per modality, with
     A_in  = cos-sim matrix of the row-L2-normalised pooled raw inputs (DETACHED: a fixed target)
     A_out = cos-sim matrix of the (row-L2-normalised) embeddings,
 
-three variants are provided (reconstruction, METHODS.md):
+three variants are provided (reconstruction, docs/methods.md):
 
 * ``mse``:  mean of (A_in - A_out)^2 over the N(N-1) off-diagonal entries;
 * ``kl``:   mean over rows i of KL(softmax(A_in[i, j != i] / T) || softmax(A_out[i, j != i] / T)),

@@ -1,6 +1,6 @@
 """CMGSD adaptive margins (He et al., "Improving Video Retrieval by Adaptive Margin", SIGIR 2021).
 
-Reconstruction (METHODS.md; the paper body was not available): a fixed triplet margin is wrong
+Reconstruction (docs/methods.md; the paper body was not available): a fixed triplet margin is wrong
 when a random negative is semantically close to the positive, so each (anchor, negative) pair
 gets a margin that grows with the distance between the negative and the positive, measured in
 some single-modal feature space:

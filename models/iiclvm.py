@@ -7,7 +7,7 @@ in the embeddings, which stops the model from overfitting false negatives (unpai
 that fit each other). II-CLVTM adds text found in the video as a further video-side input,
 fused with the video before the projection; the II term then also covers the text side.
 
-Reconstruction (METHODS.md): encoder kind, temperature, II variant and weights are config
+Reconstruction (docs/methods.md): encoder kind, temperature, II variant and weights are config
 keys; the paper body could not be checked.
 """
 

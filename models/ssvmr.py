@@ -20,7 +20,7 @@ music A gets 1 - w, with w = (frames actually replaced) / (valid frames of the m
 or, with saliency on, the share of the mixed video's (detached) saliency attention mass that
 falls on the replaced frames. The music-to-video direction keeps one-hot targets.
 
-Reconstruction (METHODS.md): the span distribution and its range, the mixing probability, the
+Reconstruction (docs/methods.md): the span distribution and its range, the mixing probability, the
 partner choice (uniform over the other local samples), the zero-initialised linear saliency
 scorer and the saliency-weighted target are our choices, all config keys; the paper body could
 not be checked. Self-training rounds and back retrieval live outside the model: they produce

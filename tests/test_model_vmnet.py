@@ -1,4 +1,4 @@
-"""VM-NET: the architecture and loss as METHODS.md describes them."""
+"""VM-NET: the architecture and loss as docs/methods.md describes them."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """VM-NET's 1140-d music vector: librosa statistics of a 29.12-s clip at 12 kHz.
 
 A re-implementation of the authors' `data/audio_feature_extractor/librosa_feature.py`
-(csehong/VM-NET) with today's librosa (see /work/shared/METHODS.md): centre crop or zero pad
+(csehong/VM-NET) with today's librosa (see docs/methods.md): centre crop or zero pad
 to 29.12 s, harmonic/percussive separation, 13 frame-wise features per part (190 rows),
 each matrix on a dB scale relative to its own maximum, both parts stacked (380 rows), then
 mean, variance and maximum over the 1366 frames.

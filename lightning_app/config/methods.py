@@ -58,7 +58,7 @@ class IICLVMConfig:
 
 @dataclass
 class MixingConfig:
-    """SSVMR span-level mixing (reconstruction, METHODS.md)."""
+    """SSVMR span-level mixing (reconstruction, docs/methods.md)."""
 
     enabled: bool = True
     # Fraction of training samples mixed, and the span as a fraction of the video's length.
@@ -94,7 +94,7 @@ class ModelConfig:
 
 @dataclass
 class CMGSDConfig:
-    """CMGSD adaptive margin (reconstruction, METHODS.md): m = max(0, alpha + beta z(d))."""
+    """CMGSD adaptive margin (reconstruction, docs/methods.md): m = max(0, alpha + beta z(d))."""
 
     fixed_margin: float = 0.1
     alpha: float = 0.2
@@ -136,7 +136,7 @@ class IILossConfig:
 
 @dataclass
 class SelfTrainingConfig:
-    """Pseudo-label self-training rounds (SSVMR; reconstruction, METHODS.md)."""
+    """Pseudo-label self-training rounds (SSVMR; reconstruction, docs/methods.md)."""
 
     enabled: bool = False
     epochs_per_round: int = 4
