@@ -48,15 +48,28 @@ def build_loggers(cfg: Config, run_dir: Path, hparams: dict[str, Any],
 
         # Only rank 0 logs to W&B; it fixes the run id at the first start and reuses it.
         run_id = wandb_run_id(run_dir) if launch_rank() == 0 else None
+        name = f"{cfg.name}/{run_dir.name}"
+        segment = offline_segment(run_dir) if mode == "offline" and resume_at else 1
+        if run_id and segment > 1:
+            # W&B cannot continue an offline run: a second offline start of one id numbers its
+            # history from step 0 again, and `wandb sync` of both folders keeps only one of
+            # them. Each resumed offline start is therefore its own W&B run of the same group.
+            run_id, name = f"{run_id}-s{segment}", f"{name} (segment {segment})"
         loggers.append(WandbLogger(
-            project=w.project, entity=w.entity, group=cfg.name,
-            name=f"{cfg.name}/{run_dir.name}", tags=[cfg.model.name, cfg.data.dataset, *w.tags],
+            project=w.project, entity=w.entity, group=cfg.name, name=name,
+            tags=[cfg.model.name, cfg.data.dataset, *w.tags],
             save_dir=str(run_dir), offline=(mode == "offline"), log_model=False,
             id=run_id, resume="allow", settings=_wandb_settings(),
         ))
+        hparams = {**hparams, "wandb_segment": segment}
     for lg in loggers:
         lg.log_hyperparams(hparams)
     return loggers
+
+
+def offline_segment(run_dir: Path) -> int:
+    """1 + the number of offline W&B folders this run folder already holds."""
+    return 1 + len(list((run_dir / "wandb").glob("offline-run-*")))
 
 
 def wandb_run_id(run_dir: Path) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from wandb_records import read_run
 
 from lightning_app.cli import main
 from lightning_app.config import load_config, to_yaml
@@ -211,6 +212,15 @@ def test_resumed_run_logs_to_the_same_wandb_run(tmp_path, monkeypatch):
     assert second["run_dir"] == run.resolve()
     assert (run / "wandb_id").read_text().strip() == run_id
     offline = sorted((run / "wandb").glob("offline-run-*"))
-    assert len(offline) == 2, offline  # one folder per start, both for the same run id
-    assert all(p.name.endswith(f"-{run_id}") for p in offline)
+    assert len(offline) == 2, offline  # one folder per start
+    # W&B cannot continue an offline run: each segment starts its history at step 0 again
+    # (checked in the records), so the resumed start is its own W&B run of the same group,
+    # and `wandb sync RUN/wandb/offline-run-*` keeps both histories.
+    first_seg, second_seg = (read_run(next(p.glob("run-*.wandb"))) for p in offline)
+    assert first_seg["run_id"] == run_id and second_seg["run_id"] == f"{run_id}-s2"
+    assert offline[1].name.endswith(f"-{run_id}-s2")
+    assert first_seg["history"][0]["_step"] == second_seg["history"][0]["_step"] == "0"
+    epochs = [{json.loads(r["epoch"]) for r in seg["history"] if "epoch" in r}
+              for seg in (first_seg, second_seg)]
+    assert max(epochs[0]) == 1 and min(epochs[1]) == 1 and max(epochs[1]) == 2
     assert val_epochs(run) == [0, 1]
