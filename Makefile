@@ -11,7 +11,7 @@ BENCH_STAMP := $(VENV)/.installed-bench
 NAME ?= quickstart
 ARGS ?=
 
-.PHONY: help install system-deps exp test test-slow test-full bench lint clean
+.PHONY: help install system-deps exp sweep study test test-slow test-full bench lint clean
 
 help: ## Show this help
 	@echo "usage: make <target> [NAME=experiment] [ARGS=\"key=value ...\"]"
@@ -28,6 +28,12 @@ install: $(STAMP) ## Create .venv and install vmr in editable mode (re-runs only
 
 exp: install ## Run an experiment: make exp NAME=quickstart ARGS="trainer.max_epochs=5"
 	$(BIN)/vmr train $(NAME) $(ARGS)
+
+sweep: install ## Grid x seeds of one experiment: make sweep NAME=quickstart ARGS="optim.lr=1e-4,1e-3 --seeds 0,1"
+	$(BIN)/vmr sweep $(NAME) $(ARGS)
+
+study: install ## A study (experiments/studies/NAME.yaml) + report: make study NAME=quickstart_lr ARGS="--parallel 2"
+	$(BIN)/vmr study $(NAME) $(ARGS)
 
 slurm: export NAME := $(NAME)
 slurm: export NODES := $(NODES)

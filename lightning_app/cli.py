@@ -5,6 +5,7 @@
     vmr prepare --dataset himv200k --src DIR [--out DIR]
     vmr compare [RUNS_DIR | RUN_DIR ...] [--stage test]
     vmr experiments                      list experiment names
+    vmr eval CKPT [key=value ...] [--out DIR]   (lightning_app/cli_eval.py)
     vmr extract audio|video, vmr build-dataset, vmr retrieve   (lightning_app/cli_media.py)
 
 Bad input exits with code 2 and one line naming the file, key or value; `--debug` shows
@@ -23,7 +24,9 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from lightning_app.cli_eval import add_eval_commands
 from lightning_app.cli_media import add_media_commands
+from lightning_app.cli_sweep import add_sweep_commands
 from lightning_app.errors import USER_ERRORS, ConfigError
 
 DATASETS = ("himv200k", "youtube8m", "mvd")
@@ -76,11 +79,18 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         spec = PlantedSpec(pairs=args.pairs, val=args.val, test=args.test, styles=args.styles,
                            tau=args.tau, noise=args.noise, seed=args.seed,
                            music_frames=args.frames, video_frames=args.frames, span=args.span,
-                           feature_noise=args.feature_noise, text=args.text)
+                           feature_noise=args.feature_noise, text=args.text,
+                           filler=args.filler, min_frames=args.min_frames)
     except ValueError as e:
         raise ConfigError(f"vmr synth: {e}") from None
     if not 0.0 <= args.missing < 1.0:
         raise ConfigError(f"vmr synth: --missing={args.missing} must be in [0, 1)")
+    if args.dataset != "mvd" and (args.unpaired_videos or args.unpaired_music):
+        raise ConfigError("vmr synth: --unpaired-videos/--unpaired-music need --dataset mvd "
+                          "(only its layout has an unpaired pool)")
+    if args.dataset == "youtube8m" and args.min_frames:
+        raise ConfigError("vmr synth: --min-frames is not supported for youtube8m (its writer "
+                          "draws its own video lengths)")
     if args.dataset == "youtube8m":
         from datamodules.synthetic.youtube8m import write_youtube8m
 
@@ -94,7 +104,10 @@ def _cmd_synth(args: argparse.Namespace) -> int:
             raise ConfigError("vmr synth: --missing is not supported for mvd (it is curated)")
         spec = dataclasses.replace(spec, music_dim=MUSIC_DIM, video_dim=VIDEO_DIM)
         try:
-            out = write_mvd(spec, args.out, shared_songs=args.shared_songs)
+            out = write_mvd(spec, args.out, shared_songs=args.shared_songs,
+                            unpaired_videos=args.unpaired_videos,
+                            unpaired_music=args.unpaired_music,
+                            unpaired_linked=args.unpaired_linked)
         except ValueError as e:
             raise ConfigError(f"vmr synth: {e}") from None
     else:
@@ -165,6 +178,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="youtube8m: extra records without the music-video label (fraction)")
     p.add_argument("--shared-songs", type=float, default=0.1,
                    help="mvd: fraction of videos whose song is another pair's")
+    p.add_argument("--filler", choices=("same", "background"), default="same",
+                   help="what non-salient video frames show: other song content (same) or "
+                        "content no song uses (background)")
+    p.add_argument("--min-frames", type=int, default=0,
+                   help="video lengths uniform in [MIN_FRAMES, --frames] (0: all full length)")
+    p.add_argument("--unpaired-videos", type=int, default=0,
+                   help="mvd: videos in no split (splits/unpaired_videos.csv)")
+    p.add_argument("--unpaired-music", type=int, default=0,
+                   help="mvd: songs in no split (splits/unpaired_music.csv)")
+    p.add_argument("--unpaired-linked", type=float, default=0.5,
+                   help="mvd: fraction of the smaller pool that forms hidden pairs")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_synth)
 
@@ -189,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_compare)
 
     add_media_commands(sub)
+    add_eval_commands(sub)
+    add_sweep_commands(sub)
     return parser
 
 

@@ -56,7 +56,9 @@ def build_loggers(cfg: Config, run_dir: Path, hparams: dict[str, Any],
             # them. Each resumed offline start is therefore its own W&B run of the same group.
             run_id, name = f"{run_id}-s{segment}", f"{name} (segment {segment})"
         loggers.append(WandbLogger(
-            project=w.project, entity=w.entity, group=cfg.name, name=name,
+            # A sweep or study sets one group for all its runs and the arm as job type.
+            project=w.project, entity=w.entity, group=w.group or cfg.name,
+            job_type=w.job_type or None, name=name,
             tags=[cfg.model.name, cfg.data.dataset, *w.tags],
             save_dir=str(run_dir), offline=(mode == "offline"), log_model=False,
             id=run_id, resume="allow", settings=_wandb_settings(),
