@@ -261,15 +261,29 @@ class MVDDataModule(StoreDataModule):
 
     def _ensure_synthetic(self) -> None:
         from datamodules.synthetic.ensure import ensure_synthetic, planted_spec
-        from datamodules.synthetic.mvd import SHARED_SONGS, mvd_settings, write_mvd
+        from datamodules.synthetic.mvd import (
+            SHARED_SONGS,
+            UNPAIRED_LINKED,
+            mvd_settings,
+            pool_settings,
+            write_mvd,
+        )
+        from datamodules.synthetic.pool import check_pool_counts
 
         settings = dict(self.synthetic or {})
         shared = float(settings.pop("shared_songs", SHARED_SONGS))
+        pool = pool_settings(settings.pop("unpaired_videos", 0), settings.pop("unpaired_music", 0),
+                             settings.pop("unpaired_linked", UNPAIRED_LINKED))
         if settings.pop("missing", 0.0):
             raise DataError("data.synthetic.missing: MVD is curated (every listed id has "
                             "features); use 0")
         if not 0.0 <= shared < 1.0:
             raise DataError(f"data.synthetic.shared_songs={shared} must be in [0, 1)")
+        try:
+            check_pool_counts(*pool.values())
+        except ValueError as e:
+            raise DataError(f"data.synthetic: {e}") from None
         spec = planted_spec(mvd_settings(settings))
-        wanted = {"dataset": "mvd", "shared_songs": shared, **dataclasses.asdict(spec)}
-        ensure_synthetic(self.root, wanted, lambda: write_mvd(spec, self.root, shared), "mvd")
+        wanted = {"dataset": "mvd", "shared_songs": shared, **pool, **dataclasses.asdict(spec)}
+        ensure_synthetic(self.root, wanted,
+                         lambda: write_mvd(spec, self.root, shared, **pool), "mvd")

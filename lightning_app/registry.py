@@ -23,6 +23,7 @@ def synth_settings(s: SynthConfig) -> dict:
         "pairs": s.pairs, "val": s.val, "test": s.test, "styles": s.styles, "tau": s.tau,
         "noise": s.noise, "seed": s.seed, "music_frames": s.frames, "video_frames": s.frames,
         "span": s.span, "feature_noise": s.feature_noise, "missing": s.missing,
+        "filler": s.filler, "min_frames": s.min_frames,
     }
 
 
@@ -61,6 +62,9 @@ def _mvd(cfg: Config) -> StoreDataModule:
     if d.synthetic.enabled:
         synthetic = synth_settings(d.synthetic)
         synthetic["shared_songs"] = d.synthetic.shared_songs
+        synthetic.update(unpaired_videos=d.synthetic.unpaired_videos,
+                         unpaired_music=d.synthetic.unpaired_music,
+                         unpaired_linked=d.synthetic.unpaired_linked)
     return MVDDataModule(d.root, d.store or None, batch_size=d.batch_size,
                          eval_batch_size=d.eval_batch_size, num_workers=d.num_workers,
                          frames=d.frames, synthetic=synthetic)

@@ -2,7 +2,9 @@
 
 A data root is (re)generated when it is missing or empty, or when it is synthetic (has the
 writer's `synth.json`) but was made with other settings. A non-empty folder without
-`synth.json` is real data and is never touched.
+`synth.json` is real data and is never touched. Settings added after a root was written
+(`ADDED_LATER`) compare as their defaults when its synth.json lacks them: those defaults
+write exactly what the older writer wrote, so such a root is not regenerated for nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ from datamodules.synthetic.planted import PlantedSpec
 log = logging.getLogger("vmr")
 
 MARKER = "synth.json"
+# Generator settings newer than some synth.json files, with the defaults that reproduce the
+# older output byte for byte.
+ADDED_LATER = {"filler": "same", "min_frames": 0, "unpaired_videos": 0, "unpaired_music": 0,
+               "unpaired_linked": 0.5}
 
 
 def planted_spec(settings: Mapping[str, Any]) -> PlantedSpec:
@@ -63,7 +69,9 @@ def ensure_synthetic(
             have = json.loads((root / MARKER).read_text())
         except (OSError, ValueError):
             have = {}
-        if isinstance(have, dict) and {k: have.get(k) for k in wanted} == dict(wanted):
+        if isinstance(have, dict) and {
+            k: have.get(k, ADDED_LATER.get(k)) for k in wanted
+        } == dict(wanted):
             return False
         log.info("%s: synthetic settings changed; regenerating %s", dataset, root)
     write()

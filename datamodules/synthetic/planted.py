@@ -3,11 +3,17 @@
 Each pair i belongs to a style cluster g(i) and has latent content z_i = s_g + tau * eps_i.
 Small `tau` makes many unpaired items compatible (false negatives, the II-CLVM setting).
 Music frames show f_m(z_i) + noise at every frame. Video frames show f_v(z_i) + noise only
-inside a salient span; elsewhere they show a per-video distractor content b_i (the SSVMR
-saliency setting). f_m and f_v are fixed random two-layer maps (tanh, then linear) into the
-dataset's feature dimensions. A fraction `noise` of *training* pairs is paired with another
-pair's music (label noise); the truth is returned separately so writers can put it where
-loaders never look. Optional per-video text draws tokens from the style's vocabulary.
+inside a salient span; elsewhere they show a per-video filler content b_i (the SSVMR saliency
+setting): with `filler="same"` a distractor drawn like any pair's content, with
+`filler="background"` a content from a background distribution no song uses (see
+`filler`). f_m and f_v are fixed random two-layer maps (tanh, then linear) into the dataset's
+feature dimensions (`maps`). With `min_frames` > 0 each video has its own length, uniform in
+[min_frames, video_frames], and its span lies inside it (`video_length`); video_frames()
+still returns `video_frames` frames per video, and writers keep the first `video_length`.
+A fraction `noise` of *training* pairs is paired with another pair's music (label noise);
+the truth is returned separately so writers can put it where loaders never look. Optional
+per-video text draws tokens from the style's vocabulary. The defaults (`filler="same"`,
+`min_frames=0`) draw exactly what the generator drew before these options existed.
 
 Shared songs (MVD, where a song may serve several videos): with `shared_songs` > 0, that
 fraction of each split's pairs takes over the song of another pair of the same split
@@ -24,6 +30,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from datamodules.synthetic.filler import FILLERS, background_centres, draw_filler
+from datamodules.synthetic.maps import FeatureMap, draw_lengths, draw_spans, item_noise, span_hidden
+
+__all__ = ["FeatureMap", "PlantedBenchmark", "PlantedSpec"]
 
 _ID_ALPHABET = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"))
 
@@ -51,6 +62,11 @@ class PlantedSpec:
     text_style_tokens: int = 24
     text_length: int = 8
     seed: int = 0
+    # What non-salient video frames show: "same" (another content of the song distribution)
+    # or "background" (a content no song uses); see datamodules.synthetic.filler.
+    filler: str = "same"
+    # 0: every video has `video_frames` frames; else lengths uniform in [min_frames, video_frames].
+    min_frames: int = 0
 
     def __post_init__(self) -> None:
         if min(self.val, self.test) < 1:
@@ -75,33 +91,20 @@ class PlantedSpec:
             raise ValueError("content_dim, hidden_dim, music_dim and video_dim must be >= 1")
         if self.text and min(self.text_vocab, self.text_style_tokens, self.text_length) < 1:
             raise ValueError("text_vocab, text_style_tokens and text_length must be >= 1")
+        if self.filler not in FILLERS:
+            raise ValueError(f"filler={self.filler!r} must be one of {', '.join(FILLERS)}")
+        if not 0 <= self.min_frames <= self.video_frames:
+            raise ValueError(f"min_frames={self.min_frames} must be in [0, video_frames="
+                             f"{self.video_frames}] (0: every video has video_frames frames)")
 
 
 # Stream ids keep the components independent of each other.
 _STREAM = {"styles": 1, "content": 2, "fm": 3, "fv": 4, "ids": 5, "spans": 6, "distract": 7,
-           "noise": 8, "text": 9, "music_noise": 10, "video_noise": 11, "shared": 12}
-
-
-class FeatureMap:
-    """A fixed random map from latent content to feature space: x = tanh(z A + c) W + b.
-
-    The last layer is linear, so the mean of mapped frames equals the map of the mean hidden
-    activation: pooled (vector) datasets get exactly the mean of what sequence datasets see.
-    """
-
-    def __init__(self, rng: np.random.Generator, in_dim: int, hidden: int, out_dim: int):
-        self.A = rng.normal(0.0, 1.0 / np.sqrt(in_dim), (in_dim, hidden)) * 1.5
-        self.c = rng.normal(0.0, 0.3, hidden)
-        self.W = rng.normal(0.0, 1.0 / np.sqrt(hidden), (hidden, out_dim))
-        # Real features have very different scales and offsets per dimension.
-        self.scale = np.exp(rng.normal(0.0, 0.4, out_dim))
-        self.b = rng.normal(0.0, 0.5, out_dim)
-
-    def hidden(self, z: np.ndarray) -> np.ndarray:
-        return np.tanh(z @ self.A + self.c)
-
-    def output(self, h: np.ndarray) -> np.ndarray:
-        return (h @ self.W + self.b) * self.scale
+           "noise": 8, "text": 9, "music_noise": 10, "video_noise": 11, "shared": 12,
+           "background": 13, "lengths": 14,
+           # The unpaired pool (datamodules.synthetic.pool) draws from its own streams.
+           "pool": 15, "pool_lengths": 16, "pool_spans": 17, "pool_filler": 18,
+           "pool_video_noise": 19, "pool_music_noise": 20}
 
 
 class PlantedBenchmark:
@@ -125,18 +128,19 @@ class PlantedBenchmark:
         self.split = np.array(["train"] * n, dtype=object)
         self.split[n - s.test - s.val : n - s.test] = "val"
         self.split[n - s.test :] = "test"
-        self.span_start, self.span_length = self._make_spans(rng("spans"))
+        self.video_length = draw_lengths(rng("lengths"), n, s.min_frames, s.video_frames)
+        self.span_start, self.span_length = draw_spans(rng("spans"), s.span, self.video_length)
         # song_source[i]: the pair whose song pair i truly goes with (i unless shared).
         self.song_source = np.arange(n)
         if shared_songs > 0:
             self.song_source = self._make_shared_songs(rng("shared"), shared_songs)
             self.content = self.content[self.song_source]
             self.style = self.style[self.song_source]
-        drng = rng("distract")
-        distract_style = drng.integers(0, s.styles, n)
-        self.distractor = self.style_centres[distract_style] + s.tau * drng.normal(
-            0.0, 1.0, (n, s.content_dim)
-        )
+        # The filler each video shows outside its span (the name predates `filler`).
+        self.background = background_centres(s.seed, _STREAM["background"], s.styles,
+                                             s.content_dim)
+        self.distractor = draw_filler(s.filler, rng("distract"), n, self.style_centres,
+                                      self.background, s.tau)
         self.music_source = self._make_label_noise(rng("noise"))
         self.style_vocab: np.ndarray | None = None  # [styles, text_style_tokens] token ids
         self.text = self._make_text(rng("text")) if s.text else None
@@ -145,9 +149,11 @@ class PlantedBenchmark:
         return np.random.default_rng([self.spec.seed, _STREAM[component]])
 
     @staticmethod
-    def _make_ids(rng: np.random.Generator, n: int) -> list[str]:
+    def _make_ids(rng: np.random.Generator, n: int, taken: frozenset[str] = frozenset()
+                  ) -> list[str]:
+        """`n` distinct YouTube-like ids, none of them in `taken`."""
         ids: list[str] = []
-        seen: set[str] = set()
+        seen: set[str] = set(taken)
         while len(ids) < n:
             for row in rng.integers(0, len(_ID_ALPHABET), (n - len(ids), 11)):
                 vid = "".join(_ID_ALPHABET[row])
@@ -155,14 +161,6 @@ class PlantedBenchmark:
                     seen.add(vid)
                     ids.append(vid)
         return ids
-
-    def _make_spans(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        t = self.spec.video_frames
-        mean_len = self.spec.span * t
-        length = np.clip(np.rint(rng.uniform(0.5, 1.5, self.spec.pairs) * mean_len), 1, t)
-        length = length.astype(np.int64)
-        start = (rng.uniform(0.0, 1.0, self.spec.pairs) * (t - length + 1)).astype(np.int64)
-        return start, length
 
     def _make_label_noise(self, rng: np.random.Generator) -> np.ndarray:
         """music_source[i] = the pair whose music is written for pair i (i unless noisy)."""
@@ -215,22 +213,13 @@ class PlantedBenchmark:
     # ----- features -------------------------------------------------------------------------
 
     def _video_hidden_frames(self, idx: np.ndarray) -> np.ndarray:
-        """[len(idx), T, H]: salient content inside the span, the distractor outside."""
-        t = np.arange(self.spec.video_frames)
-        start = self.span_start[idx, None]
-        inside = (t >= start) & (t < start + self.span_length[idx, None])
-        salient = self.video_map.hidden(self.content[idx])[:, None, :]
-        distract = self.video_map.hidden(self.distractor[idx])[:, None, :]
-        return np.where(inside[..., None], salient, distract)
+        """[len(idx), T, H]: salient content inside the span, the filler outside."""
+        return span_hidden(self.video_map, self.content[idx], self.distractor[idx],
+                           self.span_start[idx], self.span_length[idx], self.spec.video_frames)
 
     def _noise(self, stream: str, idx: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         # One stream per item, so an item's features do not depend on the chunking.
-        out = np.empty((len(idx), *shape))
-        for row, i in enumerate(idx):
-            out[row] = np.random.default_rng([self.spec.seed, _STREAM[stream], int(i)]).normal(
-                0.0, self.spec.feature_noise, shape
-            )
-        return out
+        return item_noise(self.spec.seed, _STREAM[stream], idx, shape, self.spec.feature_noise)
 
     def music_frames(self, idx: np.ndarray) -> np.ndarray:
         """Written music features [len(idx), Tm, Dm] (label noise applied)."""
@@ -260,10 +249,13 @@ class PlantedBenchmark:
         return (clean + noise * self.music_map.scale).astype(np.float32)
 
     def video_vectors(self, idx: np.ndarray) -> np.ndarray:
-        """Mean over frames of `video_frames`, drawn directly: [len(idx), Dv]."""
-        clean = self.video_map.output(self._video_hidden_frames(idx).mean(axis=1))
+        """Mean over each video's `video_length` frames, drawn directly: [len(idx), Dv]."""
+        length = self.video_length[idx]
+        valid = np.arange(self.spec.video_frames) < length[:, None]
+        hidden = (self._video_hidden_frames(idx) * valid[..., None]).sum(axis=1)
+        clean = self.video_map.output(hidden / length[:, None])
         noise = self._noise("video_noise", idx, (self.spec.video_dim,))
-        noise /= np.sqrt(self.spec.video_frames)
+        noise /= np.sqrt(length)[:, None]
         return (clean + noise * self.video_map.scale).astype(np.float32)
 
     def truth_rows(self) -> list[dict]:

@@ -128,6 +128,9 @@ def write_youtube8m(
         spec = dataclasses.replace(spec, text=True)
     if shards < 1:
         raise ValueError(f"shards={shards} must be >= 1")
+    if spec.min_frames:
+        raise ValueError(f"min_frames={spec.min_frames}: the youtube8m writer draws its own "
+                         "video lengths; use 0")
     if non_music < 0.0 or not 0.0 <= missing < 1.0:
         raise ValueError(f"non_music={non_music} must be >= 0 and missing={missing} in [0, 1)")
     if text_emb_dim < 0:

@@ -41,6 +41,16 @@ class SynthConfig:
     shards: int = 4
     # MVD format only: fraction of videos whose (true) song is another pair's song.
     shared_songs: float = 0.1
+    # What non-salient video frames show: "same" (another content of the songs' distribution,
+    # indistinguishable frame by frame) or "background" (content no song uses).
+    filler: str = choice("same", ("same", "background"))
+    # MVD/HIMV-200K: 0 = every video has `frames` frames; else uniform in [min_frames, frames].
+    min_frames: int = 0
+    # MVD format only: the unpaired pool (splits/unpaired_{videos,music}.csv), in no split;
+    # `unpaired_linked` x the smaller count of them are hidden pairs (shared content).
+    unpaired_videos: int = 0
+    unpaired_music: int = 0
+    unpaired_linked: float = 0.5
 
 
 @dataclass

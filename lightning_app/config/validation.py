@@ -30,6 +30,13 @@ def validate(cfg: Config) -> None:
         ("data.synthetic.feature_noise", syn.feature_noise >= 0.0, "must be >= 0"),
         ("data.synthetic.noise", 0.0 <= syn.noise < 1.0, "must be in [0, 1)"),
         ("data.synthetic.missing", 0.0 <= syn.missing < 1.0, "must be in [0, 1)"),
+        ("data.synthetic.min_frames", 0 <= syn.min_frames <= syn.frames,
+         f"must be in [0, data.synthetic.frames = {syn.frames}] (0: all videos full length)"),
+        ("data.synthetic.unpaired_videos", syn.unpaired_videos >= 0, "must be >= 0"),
+        ("data.synthetic.unpaired_music", syn.unpaired_music >= 0, "must be >= 0"),
+        ("data.synthetic.unpaired_linked", 0.0 <= syn.unpaired_linked <= 1.0,
+         "must be in [0, 1]"),
+        *_synthetic_format_checks(cfg),
         ("optim.lr", cfg.optim.lr > 0, "must be > 0"),
         ("optim.weight_decay", cfg.optim.weight_decay >= 0, "must be >= 0"),
         ("optim.warmup_steps", cfg.optim.warmup_steps >= 0, "must be >= 0"),
@@ -111,6 +118,21 @@ def _is_batch_limit(x: Any) -> bool:
 
 
 def _get(obj: Any, dotted: str) -> Any:
+def _synthetic_format_checks(cfg: Config) -> list[tuple[str, bool, str]]:
+    """Planted conditions that only some on-disk formats can hold (when synthesising)."""
+    d, syn = cfg.data, cfg.data.synthetic
+    if not syn.enabled:
+        return []
+    return [
+        ("data.synthetic.unpaired_videos", d.dataset == "mvd" or syn.unpaired_videos == 0,
+         f"must be 0 for data.dataset={d.dataset} (only the mvd layout has an unpaired pool)"),
+        ("data.synthetic.unpaired_music", d.dataset == "mvd" or syn.unpaired_music == 0,
+         f"must be 0 for data.dataset={d.dataset} (only the mvd layout has an unpaired pool)"),
+        ("data.synthetic.min_frames", d.dataset != "youtube8m" or syn.min_frames == 0,
+         "must be 0 for data.dataset=youtube8m (its writer draws its own video lengths)"),
+    ]
+
+
     for part in dotted.split("."):
         obj = getattr(obj, part)
     return obj
