@@ -2,36 +2,35 @@
 
 Dual encoder over frame sequences (a `TemporalEncoder` per modality, a linear projection, L2
 normalisation) trained with symmetric InfoNCE over the global (all-process) batch, plus the
-paper's saliency idea: mix two videos at span level and learn which frames matter.
+paper's saliency idea: mix two videos at span level, keeping what matters in both.
 
 Saliency pooling (`saliency: true`): the video side pools its per-frame features with a
-learned attention, a linear score per frame -> softmax over the valid frames -> weighted sum,
-instead of the masked mean. The scorer is zero-initialised, so training starts from the mean
-and the saliency is learned through the retrieval loss only.
+learned attention (models.saliency.SaliencyPool), zero-initialised, so training starts from
+the masked mean.
 
-Span mixing (training only; evaluation never mixes). For a random subset (`mixing.prob`) of
-the local batch, sample A is given a partner B (another local sample, never itself), a span
-length L = round(f * T_A) frames (at least 1, at most T_A) with f drawn from
-`mixing.distribution` on [min_span, max_span], and a start s in [0, T_A - L]. Video A's
-frames [s, s + L) are replaced by video B's frames at the same time positions (time-aligned);
-where B has no frame at a position (B shorter), A keeps its own frame and mask. The target of
-the mixed video over the global music batch is soft: music B gets the partner share w and
-music A gets 1 - w, with w = (frames actually replaced) / (valid frames of the mixed video),
-or, with saliency on, the share of the mixed video's (detached) saliency attention mass that
-falls on the replaced frames. The music-to-video direction keeps one-hot targets.
+Span mixing (training only, from epoch `mixing.start_epoch`; models.span_mixing). Mode
+`saliency` (default, after SSMix): per-frame saliency of the CLEAN batch, from the gradient
+of the clean loss with respect to the input frames (`saliency_source: gradient`; one extra
+backward pass, no parameter update) or from the pooling attention (`attention`); B's most
+salient window of `window_frac` of A's length is pasted over A's least salient window.
+Mode `random_aligned` (the ablation; the project's first reconstruction): a random span of
+[min_span, max_span] of A's length at a random start, taken from B at the same positions.
 
-Reconstruction (docs/methods.md): the span distribution and its range, the mixing probability, the
-partner choice (uniform over the other local samples), the zero-initialised linear saliency
-scorer and the saliency-weighted target are our choices, all config keys; the paper body could
-not be checked. Self-training rounds and back retrieval live outside the model: they produce
-the per-pair `batch["weight"]` (pseudo-label weights), passed to the loss as `weights` (a
-mixed row keeps the weight of its sample A).
+Both directions see the mixed rows (docs/methods.md, SSVMR): the mixed video's target over
+the music batch is soft (A's song 1 - w, B's song w; w = replaced length / A's length, or B's
+share of the clean saliency mass with `label_weight: saliency`), and each song's target over
+the mixed videos is the same weights read column-wise, normalised. With `keep_clean` (default)
+the step loss is the mean of the clean loss and the mixed loss (mixed rows are added, as in
+SSMix); without it the mixed rows replace the clean ones. Pair weights from self-training and
+back retrieval (`batch["weight"]`) weight row i of both losses (a mixed row keeps A's weight).
+A metrics-only `salient` key of synthetic batches, when present, measures how often the pasted
+window holds B's planted content and A's content survives; it never enters the loss.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -41,8 +40,26 @@ from losses.contrastive import LogitScale, info_nce_loss
 from losses.distributed import gather_sizes, world_and_rank
 from models.base import RetrievalModule
 from models.encoders import TemporalEncoder
+from models.saliency import SaliencyPool, gradient_saliency, masked_softmax
+from models.span_mixing import (
+    MIX_DISTRIBUTIONS,
+    MixPlan,
+    content_stats,
+    length_share,
+    mixed_positions,
+    mixing_targets,
+    music_to_video_targets,
+    saliency_mix_plan,
+    saliency_share,
+    sample_mix_plan,
+    span_mix,
+)
 
-MIX_DISTRIBUTIONS = ("uniform", "beta")
+__all__ = ["SSVMR", "MixPlan", "default_model_config", "masked_softmax"]
+
+MIX_MODES = ("saliency", "random_aligned")
+SALIENCY_SOURCES = ("gradient", "attention")
+LABEL_WEIGHTS = ("length", "saliency")
 
 # The `model` dict schema with its defaults (mirrors lightning_app.config.methods.SSVMRConfig).
 _ENCODER_DEFAULTS = {"kind": "transformer", "d_model": 256, "layers": 2, "heads": 4,
@@ -58,7 +75,13 @@ _MODEL_DEFAULTS: dict[str, Any] = {
     "saliency": True,
     "mixing": {
         "enabled": True,
-        "prob": 0.5,
+        "mode": "saliency",
+        "saliency_source": "gradient",
+        "window_frac": 0.1,
+        "label_weight": "length",
+        "keep_clean": True,
+        "start_epoch": 0,
+        "prob": 1.0,
         "min_span": 0.1,
         "max_span": 0.5,
         "distribution": "uniform",
@@ -90,6 +113,15 @@ def _validate(cfg: dict[str, Any]) -> None:
     mix = cfg["mixing"]
     checks = (
         ("temperature", cfg["temperature"] > 0, "must be > 0"),
+        ("mixing.mode", mix["mode"] in MIX_MODES, f"choose from: {', '.join(MIX_MODES)}"),
+        ("mixing.saliency_source", mix["saliency_source"] in SALIENCY_SOURCES,
+         f"choose from: {', '.join(SALIENCY_SOURCES)}"),
+        ("mixing.label_weight", mix["label_weight"] in LABEL_WEIGHTS,
+         f"choose from: {', '.join(LABEL_WEIGHTS)}"),
+        ("mixing.saliency_source", mix["saliency_source"] != "attention" or cfg["saliency"],
+         "'attention' needs model.ssvmr.saliency=true (the attention pooling)"),
+        ("mixing.window_frac", 0.0 < mix["window_frac"] < 1.0, "must be in (0, 1)"),
+        ("mixing.start_epoch", mix["start_epoch"] >= 0, "must be >= 0"),
         ("mixing.prob", 0.0 <= mix["prob"] <= 1.0, "must be in [0, 1]"),
         ("mixing.min_span", 0.0 < mix["min_span"] <= mix["max_span"] <= 1.0,
          "needs 0 < min_span <= max_span <= 1"),
@@ -102,151 +134,6 @@ def _validate(cfg: dict[str, Any]) -> None:
             raise ValueError(f"SSVMR model.{key}: {why}")
 
 
-# ----- saliency pooling ---------------------------------------------------------------------
-
-
-def masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Softmax over the valid positions of each row ([B, T], float32); padded -> exactly 0.
-
-    A row without valid positions gets all zeros (no nan).
-    """
-    s = scores.float().masked_fill(~mask, torch.finfo(torch.float32).min)
-    return torch.softmax(s, dim=-1) * mask.to(torch.float32)
-
-
-class SaliencyPool(nn.Module):
-    """Per-frame saliency: linear score -> masked softmax -> attention-weighted sum."""
-
-    def __init__(self, dim: int):
-        super().__init__()
-        self.score = nn.Linear(dim, 1)
-        nn.init.zeros_(self.score.weight)  # starts as the masked mean
-        nn.init.zeros_(self.score.bias)
-
-    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """frames [B, T, d], mask [B, T] -> (pooled [B, d], attention [B, T] float32)."""
-        attn = masked_softmax(self.score(h).squeeze(-1), mask)
-        h = h.masked_fill(~mask.unsqueeze(-1), 0.0)  # padded rows never leak (even inf/nan)
-        return (attn.to(h.dtype).unsqueeze(-1) * h).sum(1), attn
-
-
-# ----- span mixing (pure helpers) -----------------------------------------------------------
-
-
-class MixPlan(NamedTuple):
-    """One mixing draw for a local batch: per sample A, its partner index, span start and span
-    length in frames ([B] long each). Length 0 means "not mixed"."""
-
-    partner: torch.Tensor
-    start: torch.Tensor
-    length: torch.Tensor
-
-
-def mixed_positions(mask: torch.Tensor, partner: torch.Tensor, start: torch.Tensor,
-                    length: torch.Tensor) -> torch.Tensor:
-    """[B, T] bool: positions t in [start, start + length) (clipped to T) where the partner has
-    a valid frame, i.e. the frames that `span_mix` takes from the partner."""
-    t = torch.arange(mask.shape[1], device=mask.device)
-    start, length = start.to(mask.device), length.to(mask.device)
-    in_span = (t >= start[:, None]) & (t < (start + length)[:, None])
-    return in_span & mask[partner.to(mask.device)]
-
-
-def span_mix(video: torch.Tensor, mask: torch.Tensor, partner: torch.Tensor,
-             start: torch.Tensor, length: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Time-aligned span mixing of a batch.
-
-    Args:
-        video: [B, T, D] frames; mask: [B, T] bool valid frames.
-        partner: [B] long, the batch index of each sample's partner B.
-        start, length: [B] long, the span [start, start + length) in frames (length 0: no mix;
-            a span running past T is clipped).
-
-    Returns:
-        (mixed_video, mixed_mask): row i equals video i except at the positions of
-        `mixed_positions` (inside the span and valid in the partner), which hold the partner's
-        frames at the same time index and are valid. Where the partner is shorter than the span,
-        sample i keeps its own frames and mask. `mixed_mask = mask | replaced`; spans drawn by
-        `sample_mix_plan` lie inside A's valid frames, so there the mask is unchanged.
-    """
-    replaced = mixed_positions(mask, partner, start, length)
-    mixed = torch.where(replaced.unsqueeze(-1), video[partner.to(video.device)], video)
-    return mixed, mask | replaced
-
-
-def partner_share(replaced: torch.Tensor, mixed_mask: torch.Tensor,
-                  saliency: torch.Tensor | None = None) -> torch.Tensor:
-    """[B] float32 target weight of the partner's music.
-
-    Without saliency: replaced frames / valid frames of the mixed video (L / T_A). With
-    saliency ([B, T] attention of the mixed video, treated as a constant): the attention mass on
-    the replaced frames over the mass on all valid frames. 0 for unmixed rows.
-    """
-    if saliency is None:
-        num = replaced.sum(1).float()
-        den = mixed_mask.sum(1).float()
-    else:
-        s = saliency.detach().float()
-        num = (s * replaced).sum(1)
-        den = (s * mixed_mask).sum(1)
-    return (num / den.clamp_min(torch.finfo(torch.float32).tiny)).clamp(0.0, 1.0)
-
-
-def mixing_targets(replaced: torch.Tensor, mixed_mask: torch.Tensor, partner: torch.Tensor,
-                   offset: int = 0, n_global: int | None = None,
-                   saliency: torch.Tensor | None = None) -> torch.Tensor:
-    """Soft video-to-music targets [B_local, N_global] (float32, rows sum to 1).
-
-    Row i puts 1 - w_i on its own music (global column offset + i) and w_i on its partner's
-    (offset + partner_i), w = `partner_share(replaced, mixed_mask, saliency)`; unmixed rows are
-    one-hot. `offset` is the number of rows held by lower ranks, `n_global` the global batch
-    size (default: the local one, i.e. a single process).
-    """
-    b = replaced.shape[0]
-    n_global = b if n_global is None else n_global
-    if offset < 0 or offset + b > n_global:
-        raise ValueError(f"rows [{offset}, {offset + b}) do not fit a global batch of {n_global}")
-    w = partner_share(replaced, mixed_mask, saliency)
-    rows = torch.arange(b, device=replaced.device)
-    partner = partner.to(replaced.device)
-    target = torch.zeros(b, n_global, device=replaced.device, dtype=torch.float32)
-    target.index_put_((rows, offset + rows), 1.0 - w, accumulate=True)
-    target.index_put_((rows, offset + partner), w, accumulate=True)
-    return target
-
-
-def sample_mix_plan(mask: torch.Tensor, prob: float, min_span: float, max_span: float,
-                    distribution: str = "uniform", beta_a: float = 2.0,
-                    beta_b: float = 2.0) -> MixPlan:
-    """Draw a `MixPlan` for a batch with left-aligned masks [B, T] (torch's global RNG, on CPU).
-
-    Each sample is mixed with probability `prob` (never when the batch has one sample or the
-    sample has no frames). Partner: uniform over the other samples. Span fraction f: uniform on
-    [min_span, max_span], or min_span + (max_span - min_span) * Beta(beta_a, beta_b); length
-    L = clamp(round(f * T_A), 1, T_A) frames; start uniform on [0, T_A - L].
-    """
-    if distribution not in MIX_DISTRIBUTIONS:
-        raise ValueError(f"unknown span distribution {distribution!r} "
-                         f"(choose from: {', '.join(MIX_DISTRIBUTIONS)})")
-    b = mask.shape[0]
-    lengths = mask.sum(1).cpu()
-    if distribution == "uniform":
-        u = torch.rand(b)
-    else:
-        u = torch.distributions.Beta(torch.tensor(float(beta_a)),
-                                     torch.tensor(float(beta_b))).sample((b,))
-    frac = min_span + (max_span - min_span) * u
-    span = torch.minimum((frac * lengths).round().long().clamp_min(1), lengths)
-    start = (torch.rand(b) * (lengths - span + 1)).floor().long()
-    start = torch.minimum(start, (lengths - span).clamp_min(0))  # guards rand() == 1 - eps
-    shift = 1 + (torch.rand(b) * max(b - 1, 1)).floor().long().clamp(max=max(b - 2, 0))
-    partner = (torch.arange(b) + shift) % b
-    chosen = (torch.rand(b) < prob) & (lengths > 0) & (b > 1)
-    device = mask.device
-    return MixPlan(partner.to(device), torch.where(chosen, start, 0).to(device),
-                   torch.where(chosen, span, 0).to(device))
-
-
 def _global_layout(b: int, device: torch.device) -> tuple[int, int]:
     """(offset of this rank's rows, global batch size); gathers the local sizes under DDP."""
     world, rank = world_and_rank()
@@ -254,9 +141,6 @@ def _global_layout(b: int, device: torch.device) -> tuple[int, int]:
         return 0, b
     sizes = gather_sizes(b, device, world)
     return sum(sizes[:rank]), sum(sizes)
-
-
-# ----- the model ----------------------------------------------------------------------------
 
 
 class SSVMR(RetrievalModule):
@@ -313,12 +197,9 @@ class SSVMR(RetrievalModule):
         return {"loss": nce, "nce": nce, "temperature": 1.0 / scale.detach()}
 
     def mixing_active(self) -> bool:
-        return bool(self.training and self.mix["enabled"] and self.mix["prob"] > 0)
-
-    def sample_plan(self, mask: torch.Tensor) -> MixPlan:
         m = self.mix
-        return sample_mix_plan(mask, m["prob"], m["min_span"], m["max_span"], m["distribution"],
-                               m["beta_a"], m["beta_b"])
+        return bool(self.training and m["enabled"] and m["prob"] > 0
+                    and self.current_epoch >= m["start_epoch"])
 
     def train_loss(self, batch: dict[str, Any], plan: MixPlan | None = None) -> dict:
         """The training loss parts. Mixes when `plan` is given, or when training with mixing on
@@ -326,28 +207,63 @@ class SSVMR(RetrievalModule):
         music = self.encode_music(batch)
         if plan is None and not self.mixing_active():
             return self.loss(batch, self.encode_video(batch), music)
+        m = self.mix
         video, mask = batch["video"], batch["video_mask"]
-        if plan is None:
-            plan = self.sample_plan(mask)
         offset, n_global = _global_layout(video.shape[0], video.device)  # same calls on all ranks
+        needs_saliency = ((m["mode"] == "saliency" and plan is None)
+                          or m["label_weight"] == "saliency")
+        clean, saliency = None, None
+        if m["keep_clean"] or needs_saliency:
+            gradient = needs_saliency and m["saliency_source"] == "gradient"
+            frames = video.detach().requires_grad_(True) if gradient else video
+            emb, attn = self.video_features(frames, mask)
+            clean = self.loss(batch, emb, music)
+            if gradient:
+                saliency = gradient_saliency(clean["loss"], frames, mask)
+            elif needs_saliency:
+                saliency = attn.detach()
+        if plan is None:
+            plan = (saliency_mix_plan(saliency, mask, m["window_frac"], m["prob"])
+                    if m["mode"] == "saliency" else
+                    sample_mix_plan(mask, m["prob"], m["min_span"], m["max_span"],
+                                    m["distribution"], m["beta_a"], m["beta_b"]))
         mixed, mixed_mask = span_mix(video, mask, *plan)
-        emb, attn = self.video_features(mixed, mixed_mask)
         replaced = mixed_positions(mask, *plan)
-        targets = mixing_targets(replaced, mixed_mask, plan.partner, offset, n_global,
-                                 None if attn is None else attn.detach())
-        parts = self.loss(batch, emb, music, soft_targets=(targets, None))
+        share = (saliency_share(saliency, mask, *plan) if m["label_weight"] == "saliency"
+                 else length_share(replaced, mixed_mask))
+        v2m = mixing_targets(share, plan.partner, offset, n_global)
+        emb, _ = self.video_features(mixed, mixed_mask)
+        parts = self.loss(batch, emb, music,
+                          soft_targets=(v2m, music_to_video_targets(v2m, offset)))
+        if clean is not None and m["keep_clean"]:
+            parts = {"loss": (clean["loss"] + parts["loss"]) / 2, "nce": clean["nce"],
+                     "nce_mixed": parts["nce"], "temperature": parts["temperature"]}
+        parts.update(self._mix_stats(batch, mask, plan, replaced, mixed_mask, share))
+        return parts
+
+    def _mix_stats(self, batch: dict[str, Any], mask: torch.Tensor, plan: MixPlan,
+                   replaced: torch.Tensor, mixed_mask: torch.Tensor,
+                   share: torch.Tensor) -> dict[str, torch.Tensor]:
         is_mixed = replaced.any(1)
         n_mixed = is_mixed.sum().clamp_min(1).float()
         span = replaced.sum(1).float() / mixed_mask.sum(1).clamp_min(1).float()
-        share = partner_share(replaced, mixed_mask, attn)
-        parts["mix_frac"] = is_mixed.float().mean()
-        parts["mix_span"] = (span * is_mixed).sum() / n_mixed
-        parts["mix_weight"] = (share * is_mixed).sum() / n_mixed
-        return parts
+        stats = {"mix_frac": is_mixed.float().mean(),
+                 "mix_span": (span * is_mixed).sum() / n_mixed,
+                 "mix_weight": (share * is_mixed).sum() / n_mixed}
+        salient = batch.get("salient")
+        if salient is not None and tuple(salient.shape) == tuple(mask.shape):
+            b_content, a_survives = content_stats(salient, mask, plan)
+            stats["mix/b_content"] = (b_content & is_mixed).sum() / n_mixed
+            stats["mix/a_survives"] = (a_survives & is_mixed).sum() / n_mixed
+        return {k: v.detach() for k, v in stats.items()}
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         parts = self.train_loss(batch)
         bs = batch["video"].shape[0]
+        for key in ("mix/b_content", "mix/a_survives"):  # per-epoch fractions of mixed rows
+            if key in parts:
+                self.log(f"train/{key}", parts.pop(key), on_step=False, on_epoch=True,
+                         batch_size=max(1, int(round(float(parts["mix_frac"]) * bs))))
         self.log_dict({f"train/{k}": v for k, v in parts.items() if k != "loss"}, batch_size=bs)
         self.log("train/loss", parts["loss"], batch_size=bs, prog_bar=True)
         return parts["loss"]

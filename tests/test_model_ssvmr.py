@@ -9,28 +9,29 @@ import torch
 from losses.contrastive import info_nce_loss
 from models.encoders import TemporalEncoder
 from models.pooling import masked_pool
-from models.ssvmr import (
-    SSVMR,
+from models.saliency import gradient_saliency
+from models.span_mixing import (
     MixPlan,
-    default_model_config,
-    masked_softmax,
+    length_share,
     mixed_positions,
     mixing_targets,
-    partner_share,
+    saliency_mix_plan,
     sample_mix_plan,
     span_mix,
 )
+from models.ssvmr import SSVMR, default_model_config
 
 OPTIM = {"name": "adam", "lr": 1e-2, "weight_decay": 0.0, "momentum": 0.9,
          "scheduler": "constant", "warmup_steps": 0}
 LENGTHS = [5, 3, 1, 5, 2, 4]
 
 
-def make_model(kind: str = "transformer", saliency: bool = True, **mixing) -> SSVMR:
+def make_model(kind: str = "transformer", saliency: bool = True, dropout: float = 0.0,
+               **mixing) -> SSVMR:
     cfg = default_model_config()
     cfg.update(video_dim=12, music_dim=8, embed_dim=16, saliency=saliency)
     for side in ("video_encoder", "music_encoder"):
-        cfg[side] = {"kind": kind, "d_model": 16, "layers": 1, "heads": 2, "dropout": 0.0}
+        cfg[side] = {"kind": kind, "d_model": 16, "layers": 1, "heads": 2, "dropout": dropout}
     cfg["mixing"].update(mixing)
     return SSVMR(cfg, OPTIM)
 
@@ -50,14 +51,15 @@ def make_batch(lengths=LENGTHS, t=5, seed=0, weight=None) -> dict:
     return batch
 
 
-def plan(partner, start, length) -> MixPlan:
-    return MixPlan(*(torch.tensor(x, dtype=torch.long) for x in (partner, start, length)))
+def plan(partner, start, length, source=None) -> MixPlan:
+    t = [torch.tensor(x, dtype=torch.long) for x in (partner, start, length)]
+    return MixPlan(*t, None if source is None else torch.tensor(source, dtype=torch.long))
 
 
 # ----- span_mix / targets ------------------------------------------------------------------
 
 
-def reference_mix(video, mask, partner, start, length):
+def reference_mix(video, mask, partner, start, length, source_start=None):
     video, mask = video.numpy(), mask.numpy()
     out, out_mask, rep = video.copy(), mask.copy(), np.zeros_like(mask)
     for i in range(video.shape[0]):
@@ -129,7 +131,7 @@ def test_uniform_targets_give_the_partner_the_replaced_share():
     p = plan([3, 2, 0, 0, 0, 0], [1, 0, 0, 0, 0, 3], [2, 3, 0, 0, 0, 1])
     _, mixed_mask = span_mix(b["video"], mask, *p)
     rep = mixed_positions(mask, *p)
-    t = mixing_targets(rep, mixed_mask, p.partner, offset=4, n_global=14)
+    t = mixing_targets(length_share(rep, mixed_mask), p.partner, offset=4, n_global=14)
     assert t.shape == (6, 14)
     torch.testing.assert_close(t.sum(1), torch.ones(6))
     want = torch.zeros(6, 14)
@@ -140,31 +142,7 @@ def test_uniform_targets_give_the_partner_the_replaced_share():
     want[5, 9], want[5, 4] = 1 - 1 / 4, 1 / 4
     torch.testing.assert_close(t, want)
     with pytest.raises(ValueError, match="do not fit"):
-        mixing_targets(rep, mixed_mask, p.partner, offset=10, n_global=14)
-
-
-def test_saliency_targets_use_the_attention_mass_inside_the_span():
-    b = make_batch()
-    mask = b["video_mask"]
-    p = plan([3, 2, 0, 0, 0, 0], [1, 0, 0, 0, 0, 3], [2, 3, 0, 0, 0, 1])
-    _, mixed_mask = span_mix(b["video"], mask, *p)
-    rep = mixed_positions(mask, *p)
-    attn = masked_softmax(torch.randn(6, 5, generator=torch.Generator().manual_seed(2)),
-                          mixed_mask).requires_grad_()
-    t = mixing_targets(rep, mixed_mask, p.partner, saliency=attn)
-    assert not t.requires_grad
-    torch.testing.assert_close(t.sum(1), torch.ones(6))
-    share0 = float(attn[0, 1:3].sum().detach())
-    share1 = float(attn[1, 0].detach())
-    share5 = float(attn[5, 3].detach())
-    torch.testing.assert_close(t[0, [0, 3]], torch.tensor([1 - share0, share0]))
-    torch.testing.assert_close(t[1, [1, 2]], torch.tensor([1 - share1, share1]))
-    torch.testing.assert_close(t[5, [5, 0]], torch.tensor([1 - share5, share5]))
-    assert float(t[3, 3]) == 1.0 and float(t[3].sum()) == 1.0
-    # a uniform attention gives the uniform (frame-count) share
-    flat = masked_softmax(torch.zeros(6, 5), mixed_mask)
-    torch.testing.assert_close(partner_share(rep, mixed_mask, flat),
-                               partner_share(rep, mixed_mask))
+        mixing_targets(length_share(rep, mixed_mask), p.partner, offset=10, n_global=14)
 
 
 # ----- saliency pooling ---------------------------------------------------------------------
@@ -219,9 +197,9 @@ def test_without_mixing_the_loss_is_plain_infonce(mixing):
 
 
 @pytest.mark.parametrize("saliency", [True, False])
-def test_mixed_loss_uses_soft_video_to_music_targets(saliency):
+def test_mixed_rows_replace_clean_rows_without_keep_clean(saliency):
     torch.manual_seed(0)
-    m = make_model(saliency=saliency, prob=1.0).train()
+    m = make_model(saliency=saliency, keep_clean=False).train()
     if saliency:
         torch.nn.init.normal_(m.saliency.score.weight)
     w = torch.tensor([1.0, 0.5, 2.0, 0.0, 1.0, 0.25])
@@ -229,37 +207,113 @@ def test_mixed_loss_uses_soft_video_to_music_targets(saliency):
     p = plan([3, 2, 0, 0, 0, 0], [1, 0, 0, 0, 0, 3], [2, 3, 0, 0, 0, 1])
     parts = m.train_loss(b, p)
     mixed, mixed_mask = span_mix(b["video"], b["video_mask"], *p)
-    emb, attn = m.video_features(mixed, mixed_mask)
-    rep = mixed_positions(b["video_mask"], *p)
-    t = mixing_targets(rep, mixed_mask, p.partner, saliency=attn)
-    music = m.encode_music(b)
-    scale = m.logit_scale()
-    want = info_nce_loss(emb, music, scale, weights=w, soft_targets=(t, None))
-    torch.testing.assert_close(parts["loss"], want)
-    # by hand: soft CE video->music, one-hot CE music->video, weighted mean
+    emb, _ = m.video_features(mixed, mixed_mask)
+    music, scale = m.encode_music(b), m.logit_scale()
+    # by hand: v2m row 0 = .6 song 0 + .4 song 3; row 1 = 2/3 song 1 + 1/3 song 2; row 5 =
+    # .75 song 5 + .25 song 0; m2v: each song's column of that matrix, normalised
+    t = torch.eye(6)
+    t[0, 0], t[0, 3] = 0.6, 0.4
+    t[1, 1], t[1, 2] = 2 / 3, 1 / 3
+    t[5, 5], t[5, 0] = 0.75, 0.25
+    tm = t.T / t.T.sum(1, keepdim=True)
     logp_v = torch.log_softmax(scale * emb @ music.T, dim=1)
-    ce_v = -(t * logp_v).sum(1)
-    ce_m = torch.nn.functional.cross_entropy(scale * music @ emb.T, torch.arange(6),
-                                             reduction="none")
-    torch.testing.assert_close(parts["loss"], (w * (ce_v + ce_m) / 2).sum() / w.sum())
+    logp_m = torch.log_softmax(scale * music @ emb.T, dim=1)
+    ce = (-(t * logp_v).sum(1) - (tm * logp_m).sum(1)) / 2
+    torch.testing.assert_close(parts["loss"], (w * ce).sum() / w.sum())
     assert float(parts["mix_frac"]) == pytest.approx(3 / 6)
     assert float(parts["mix_span"]) == pytest.approx((2 / 5 + 1 / 3 + 1 / 4) / 3)
-    share = partner_share(rep, mixed_mask, attn if saliency else None)
-    assert float(parts["mix_weight"]) == pytest.approx(float(share[[0, 1, 5]].mean()))
+    assert float(parts["mix_weight"]) == pytest.approx((0.4 + 1 / 3 + 0.25) / 3)
 
 
-def test_training_draws_a_plan_and_mixes():
-    m = make_model(prob=1.0).train()
+def test_keep_clean_averages_the_clean_and_the_mixed_loss():
+    torch.manual_seed(0)
+    m = make_model(keep_clean=True).train()
+    w = torch.tensor([1.0, 0.5, 2.0, 0.0, 1.0, 0.25])
+    b = make_batch(weight=w)
+    # unaligned windows: row 0 takes frames 3, 4 of row 3 into its frames 0, 1
+    p = plan([3, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1], [3, 0, 0, 0, 0, 0])
+    parts = m.train_loss(b, p)
+    music, scale = m.encode_music(b), m.logit_scale()
+    clean = m.encode_video(b)
+    mixed, mixed_mask = span_mix(b["video"], b["video_mask"], *p)
+    emb, _ = m.video_features(mixed, mixed_mask)
+    eye = torch.eye(6)
+
+    def ce(video, t_v, t_m):
+        lv = torch.log_softmax(scale * video @ music.T, dim=1)
+        lm = torch.log_softmax(scale * music @ video.T, dim=1)
+        return (w * (-(t_v * lv).sum(1) - (t_m * lm).sum(1)) / 2).sum() / w.sum()
+
+    t = eye.clone()
+    t[0, 0], t[0, 3] = 0.6, 0.4        # 2 of row 0's 5 frames come from row 3
+    t[5, 5], t[5, 0] = 0.75, 0.25      # 1 of row 5's 4 frames comes from row 0
+    tm = t.T / t.T.sum(1, keepdim=True)
+    want = (ce(clean, eye, eye) + ce(emb, t, tm)) / 2
+    torch.testing.assert_close(parts["loss"], want)
+    torch.testing.assert_close(parts["nce"], ce(clean, eye, eye))
+    torch.testing.assert_close(parts["nce_mixed"], ce(emb, t, tm))
+
+
+def test_random_aligned_training_draws_todays_plan():
+    m = make_model(mode="random_aligned", keep_clean=False, prob=1.0).train()
     b = make_batch(lengths=[5] * 6)
     torch.manual_seed(0)
     parts = m.train_loss(b)
     torch.manual_seed(0)
-    p = m.sample_plan(b["video_mask"])
+    p = sample_mix_plan(b["video_mask"], 1.0, 0.1, 0.5)
     torch.testing.assert_close(parts["loss"], m.train_loss(b, p)["loss"])
     assert float(parts["mix_frac"]) == 1.0
     assert 0.1 <= float(parts["mix_span"]) <= 0.5
     plain = info_nce_loss(m.encode_video(b), m.encode_music(b), m.logit_scale())
     assert not torch.allclose(parts["loss"], plain)
+
+
+@pytest.mark.parametrize("source", ["gradient", "attention"])
+def test_saliency_mode_plans_from_the_clean_batchs_saliency(source):
+    torch.manual_seed(0)
+    m = make_model(saliency_source=source, window_frac=0.4, dropout=0.0).train()
+    torch.nn.init.normal_(m.saliency.score.weight)
+    b = make_batch(lengths=[5, 5, 4, 5, 3, 5])
+    torch.manual_seed(1)
+    parts = m.train_loss(b)
+    # the same by hand: the clean loss's input gradient (or the attention) picks the windows
+    frames = b["video"].clone().requires_grad_(True)
+    emb, attn = m.video_features(frames, b["video_mask"])
+    clean = info_nce_loss(emb, m.encode_music(b), m.logit_scale())
+    sal = (gradient_saliency(clean, frames, b["video_mask"]) if source == "gradient"
+           else attn.detach())
+    torch.manual_seed(1)
+    p = saliency_mix_plan(sal, b["video_mask"], 0.4, 1.0)
+    assert (p.length > 0).all()
+    torch.testing.assert_close(parts["loss"], m.train_loss(b, p)["loss"])
+    assert all(param.grad is None for param in m.parameters())  # saliency left no gradient
+
+
+def test_mixing_starts_at_start_epoch():
+    import types
+
+    m = make_model(start_epoch=2).train()
+    b = make_batch()
+    m._trainer = types.SimpleNamespace(current_epoch=1)  # what LightningModule reads
+    assert not m.mixing_active() and "mix_frac" not in m.train_loss(b)
+    m._trainer.current_epoch = 2
+    assert m.mixing_active() and "mix_frac" in m.train_loss(b)
+
+
+def test_salient_frames_are_measured_never_trained_on():
+    torch.manual_seed(0)
+    m = make_model(keep_clean=False).train()
+    b = make_batch(lengths=[5] * 6)
+    p = plan([1, 2, 3, 4, 5, 0], [0] * 6, [2] * 6, [3] * 6)
+    salient = torch.zeros(6, 5, dtype=torch.bool)
+    salient[:, 3] = True  # every B's frame 3 is pasted over A's frames 0, 1: A keeps frame 3
+    salient[0] = torch.tensor([True, True, False, False, False])  # row 0 loses all of A
+    plain = m.train_loss(b, p)
+    parts = m.train_loss({**b, "salient": salient}, p)
+    torch.testing.assert_close(parts["loss"], plain["loss"])
+    # row 5's partner is row 0, whose frames 3, 4 are not salient
+    assert float(parts["mix/b_content"]) == pytest.approx(5 / 6)
+    assert float(parts["mix/a_survives"]) == pytest.approx(5 / 6)
 
 
 def test_eval_embeddings_are_deterministic_and_never_mixed():
@@ -292,7 +346,9 @@ def test_config_defaults_and_validation():
     m = SSVMR({"mixing": {"prob": 0.25}}, OPTIM)
     hp = m.hparams["model"]
     assert hp["video_dim"] == 512 and hp["saliency"] is True
-    assert hp["mixing"] == {"enabled": True, "prob": 0.25, "min_span": 0.1, "max_span": 0.5,
+    assert hp["mixing"] == {"enabled": True, "mode": "saliency", "saliency_source": "gradient",
+                            "window_frac": 0.1, "label_weight": "length", "keep_clean": True,
+                            "start_epoch": 0, "prob": 0.25, "min_span": 0.1, "max_span": 0.5,
                             "distribution": "uniform", "beta_a": 2.0, "beta_b": 2.0}
     assert default_model_config()["video_encoder"]["kind"] == "transformer"
     with pytest.raises(ValueError, match="unknown SSVMR model.mixing keys: spam"):
@@ -303,6 +359,12 @@ def test_config_defaults_and_validation():
         SSVMR({"mixing": {"min_span": 0.6}}, OPTIM)
     with pytest.raises(ValueError, match="distribution"):
         SSVMR({"mixing": {"distribution": "gauss"}}, OPTIM)
+    with pytest.raises(ValueError, match="mixing.mode"):
+        SSVMR({"mixing": {"mode": "cutmix"}}, OPTIM)
+    with pytest.raises(ValueError, match="window_frac"):
+        SSVMR({"mixing": {"window_frac": 1.0}}, OPTIM)
+    with pytest.raises(ValueError, match="needs model.ssvmr.saliency=true"):
+        SSVMR({"saliency": False, "mixing": {"saliency_source": "attention"}}, OPTIM)
 
 
 def test_learnable_temperature_is_clamped():

@@ -58,11 +58,25 @@ class IICLVMConfig:
 
 @dataclass
 class MixingConfig:
-    """SSVMR span-level mixing (reconstruction, docs/methods.md)."""
+    """SSVMR span-level mixing (reconstruction after SSMix, docs/methods.md)."""
 
     enabled: bool = True
-    # Fraction of training samples mixed, and the span as a fraction of the video's length.
-    prob: float = 0.5
+    # saliency: B's most salient window over A's least salient one; random_aligned: a random
+    # span of B at the same positions in A (the project's first reconstruction, an ablation).
+    mode: str = choice("saliency", ("saliency", "random_aligned"))
+    # Per-frame saliency: input gradient of the clean loss, or the pooling attention.
+    saliency_source: str = choice("gradient", ("gradient", "attention"))
+    # saliency mode: the window as a fraction of A's valid frames (at least 1 frame).
+    window_frac: float = 0.1
+    # B's target weight: window / length, or B's share of the clean saliency mass.
+    label_weight: str = choice("length", ("length", "saliency"))
+    # true: loss = (clean loss + mixed loss) / 2; false: mixed rows replace the clean ones.
+    keep_clean: bool = True
+    # First epoch (0-based) that mixes; earlier epochs train without mixing.
+    start_epoch: int = 0
+    # Fraction of training samples mixed.
+    prob: float = 1.0
+    # random_aligned mode: the span as a fraction of the video's length.
     min_span: float = 0.1
     max_span: float = 0.5
     distribution: str = choice("uniform", ("uniform", "beta"))
