@@ -19,6 +19,7 @@ from datamodules.errors import DataError
 from datamodules.feature_store import SPLITS, StoreSplit, read_meta
 from datamodules.pairs import PairDataset, identity_collate
 from datamodules.train_pairs import PairOverrideDataset, TrainPairs
+from datamodules.unpaired_access import UnpairedPoolMixin
 
 TRUTH_FILE = "truth.tsv"  # datamodules.synthetic.truth.TRUTH_FILE
 
@@ -54,8 +55,12 @@ class EpochSampler(RandomSampler):
         yield from torch.randperm(len(self.data_source), generator=generator).tolist()
 
 
-class StoreDataModule(pl.LightningDataModule, abc.ABC):
-    """Subclasses turn their native files into a feature store (`ensure_store`)."""
+class StoreDataModule(UnpairedPoolMixin, pl.LightningDataModule, abc.ABC):
+    """Subclasses turn their native files into a feature store (`ensure_store`).
+
+    The unpaired pool (`unpaired_ids`, `unpaired_dataloader`, `pairs_from_ids`) comes from
+    datamodules.unpaired_access; a subclass enables it with `make_unpaired_dataset`.
+    """
 
     def __init__(
         self,
@@ -76,6 +81,7 @@ class StoreDataModule(pl.LightningDataModule, abc.ABC):
         # own pairing (self-training pseudo-labels) and pairs added to it (back retrieval).
         self._train_pairs: TrainPairs | None = None
         self._extra_pairs: TrainPairs | None = None
+        self._unpaired_cache: dict[tuple[str, bool], Any] = {}
 
     @abc.abstractmethod
     def ensure_store(self) -> Path:
@@ -128,13 +134,17 @@ class StoreDataModule(pl.LightningDataModule, abc.ABC):
         self._train_pairs = pairs
 
     def set_extra_pairs(self, pairs: TrainPairs | None) -> None:
-        """Pairs trained on in addition to the (possibly replaced) pairing (None: none)."""
+        """Pairs trained on in addition to the (possibly replaced) pairing (None: none).
+
+        They may take videos or songs from the unpaired pool (`pairs_from_ids`).
+        """
         self._check_pairs(pairs, "extra pairs")
         self._extra_pairs = pairs
 
     def _check_pairs(self, pairs: TrainPairs | None, what: str) -> None:
         if pairs is not None and "train" in self.datasets:
-            pairs.check_rows(len(self.datasets["train"]), what)
+            pool = self._pool_sizes() if pairs.uses_pool else None
+            pairs.check_rows(len(self.datasets["train"]), what, pool=pool)
 
     @property
     def train_pairs(self) -> TrainPairs:
@@ -150,7 +160,9 @@ class StoreDataModule(pl.LightningDataModule, abc.ABC):
         """The train split as trained on: the dataset itself, or its re-paired view."""
         if self._train_pairs is None and self._extra_pairs is None:
             return self.datasets["train"]
-        return PairOverrideDataset(self.datasets["train"], self.train_pairs)
+        pairs = self.train_pairs
+        pool = self._training_pool() if pairs.uses_pool else None
+        return PairOverrideDataset(self.datasets["train"], pairs, pool=pool)
 
     def _world_size(self) -> int:
         trainer = getattr(self, "trainer", None)

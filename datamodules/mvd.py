@@ -7,6 +7,8 @@ lists plus per-id feature arrays works (`vmr synth --dataset mvd` writes one):
                                             ignored); a song may serve several videos
     <root>/features/video/<video_id>.npy    [frames, Dv] float (or [Dv]: one frame)
     <root>/features/music/<music_id>.npy    [frames, Dm] float (or [Dm])
+    <root>/splits/unpaired_videos.csv       optional: videos in no split (header `video_id`)
+    <root>/splits/unpaired_music.csv        optional: songs in no split (header `music_id`)
 
 Dimensions are read from the first file of each modality (the first train row); every other
 file must agree. MVD is curated, so unlike HIMV-200K nothing is skipped: a listed id without
@@ -18,12 +20,15 @@ Store: one row per CSV row, frames as float32. Music frames are stored per row, 
 shared by several videos is stored once per video (simple and mmap-friendly; songs are
 small); rows keep `music_id`, so evaluation de-duplicates the music gallery by it. The
 source fingerprint covers the CSV bytes and the feature files' names, sizes and mtimes.
+The unpaired lists (datamodules.mvd_unpaired) become the store splits `unpaired_video`
+and `unpaired_music`, never evaluated. Videos may differ in length (`frames` GS-sampled
+frames, padded and masked when shorter); synthetic planted spans add the metrics-only batch
+key `salient` (datamodules.salient).
 """
 
 from __future__ import annotations
 
 import csv
-import dataclasses
 import hashlib
 import json
 import logging
@@ -39,8 +44,11 @@ from datamodules.base import StoreDataModule
 from datamodules.errors import DataError
 from datamodules.feature_store import SPLITS, Item, ModalitySpec, StoreSplit, read_meta, write_store
 from datamodules.himv200k import load_feature
+from datamodules.mvd_unpaired import read_unpaired, unpaired_files, unpaired_items, valid_name
 from datamodules.progress import progress_bar
+from datamodules.salient import read_spans, salient_frames
 from datamodules.sampling import SparseFrameDataset
+from datamodules.unpaired import UnpairedDataset
 
 log = logging.getLogger("vmr")
 
@@ -76,10 +84,6 @@ def split_files(root: Path) -> dict[str, Path]:
     return files
 
 
-def _valid_name(name: str) -> bool:
-    return bool(name) and name not in (".", "..") and not set(name) & {"/", "\\", "\0"}
-
-
 def read_split(path: Path) -> list[Row]:
     """The rows of one split CSV, with each row's file:line."""
     try:
@@ -95,7 +99,7 @@ def read_split(path: Path) -> list[Row]:
                 where = f"{path}:{reader.line_num}"
                 vid, mid = (str(rec.get(c) or "").strip() for c in COLUMNS)
                 for column, value in zip(COLUMNS, (vid, mid)):
-                    if not _valid_name(value):
+                    if not valid_name(value):
                         raise DataError(f"{where}: {column} {value!r} is not a valid file name")
                 rows.append(Row(vid, mid, where))
     except UnicodeDecodeError as e:
@@ -134,7 +138,8 @@ def _feature_files(root: Path, modality: str) -> dict[str, os.DirEntry]:
     return {e.name[:-4]: e for e in os.scandir(folder) if e.name.endswith(".npy")}
 
 
-def _check_features(root: Path, splits: dict[str, list[Row]]) -> None:
+def _check_features(root: Path, splits: dict[str, list[Row]]) -> dict[str, dict]:
+    """The feature files by modality (id -> entry), after checking every row has its own."""
     present = {m: _feature_files(root, m) for m in MODALITIES}
     for rows in splits.values():
         for row in rows:
@@ -142,6 +147,7 @@ def _check_features(root: Path, splits: dict[str, list[Row]]) -> None:
                 if key not in present[m]:
                     raise DataError(f"{row.where}: {m} id {key} has no feature file "
                                     f"{root / 'features' / m / f'{key}.npy'}")
+    return present
 
 
 def _probe_dim(path: Path) -> int:
@@ -179,6 +185,8 @@ def fingerprint(root: str | Path) -> str:
     h = hashlib.sha256(f"mvd {PREPARE_VERSION}".encode())
     for split, path in split_files(root).items():
         h.update(split.encode() + b"\0" + path.read_bytes() + b"\0")
+    for side, path in unpaired_files(root).items():  # nothing when there is no pool
+        h.update(f"unpaired {side}".encode() + b"\0" + path.read_bytes() + b"\0")
     for m in MODALITIES:
         entries = sorted((name, e.stat().st_size, e.stat().st_mtime_ns)
                          for name, e in _feature_files(root, m).items())
@@ -192,11 +200,14 @@ def pack_mvd(root: str | Path, out: str | Path | None = None, progress: bool = T
     out = Path(out) if out else root / "store"
     _require_root(root)
     splits = read_splits(root)
-    _check_features(root, splits)
+    present = _check_features(root, splits)
+    paired = {m: {getattr(row, f"{m}_id") for rows in splits.values() for row in rows}
+              for m in MODALITIES}
+    pool = read_unpaired(root, paired, present)
     folder = {m: root / "features" / m for m in MODALITIES}
-    dims = {m: _common_dim(folder[m], m, {getattr(row, f"{m}_id") for rows in splits.values()
-                                          for row in rows}) for m in MODALITIES}
-    total = sum(len(rows) for rows in splits.values())
+    dims = {m: _common_dim(folder[m], m, paired[m] | {x.id for x in pool.get(m, ())})
+            for m in MODALITIES}
+    total = sum(len(rows) for rows in splits.values()) + sum(len(x) for x in pool.values())
     bar = progress_bar(progress, total=total, desc="prepare mvd", unit="pair")
 
     def items(split: str) -> Iterator[Item]:
@@ -209,9 +220,12 @@ def pack_mvd(root: str | Path, out: str | Path | None = None, progress: bool = T
     songs = {row.music_id for rows in splits.values() for row in rows}
     source = {"dataset": "mvd", "root": str(root.resolve()), "fingerprint": fingerprint(root),
               "rows": {s: len(r) for s, r in splits.items()}, "songs": len(songs)}
+    if pool:
+        source["unpaired"] = {side: len(x) for side, x in pool.items()}
     modalities = {m: ModalitySpec(dims[m], "float32") for m in MODALITIES}
+    stored = {s: items(s) for s in SPLITS} | unpaired_items(root, pool, dims, bar)
     try:
-        write_store(out, {s: items(s) for s in SPLITS}, modalities, source)
+        write_store(out, stored, modalities, source)
     finally:
         bar.close()
     log.info("mvd: packed %d rows (%s; %d distinct songs) into %s", total,
@@ -257,33 +271,22 @@ class MVDDataModule(StoreDataModule):
 
     def make_dataset(self, split: StoreSplit) -> SparseFrameDataset:
         # Global Sparse sampling: random frames in training, segment centres otherwise.
-        return SparseFrameDataset(split, self.frames, train=split.split == "train")
+        return SparseFrameDataset(split, self.frames, train=split.split == "train",
+                                  salient=salient_frames(split, self._spans()))
+
+    def make_unpaired_dataset(self, split: StoreSplit, side: str, train: bool,
+                              key_offset: int) -> UnpairedDataset:
+        salient = salient_frames(split, self._spans()) if side == "video" else None
+        return UnpairedDataset(split, side, self.frames, train=train, key_offset=key_offset,
+                               salient=salient)
+
+    def _spans(self) -> dict | None:
+        """Planted salient spans (synthetic data; metrics only), read once."""
+        if not hasattr(self, "_planted_spans"):
+            self._planted_spans = read_spans(self.root)
+        return self._planted_spans
 
     def _ensure_synthetic(self) -> None:
-        from datamodules.synthetic.ensure import ensure_synthetic, planted_spec
-        from datamodules.synthetic.mvd import (
-            SHARED_SONGS,
-            UNPAIRED_LINKED,
-            mvd_settings,
-            pool_settings,
-            write_mvd,
-        )
-        from datamodules.synthetic.pool import check_pool_counts
+        from datamodules.synthetic.mvd import ensure_synthetic_mvd
 
-        settings = dict(self.synthetic or {})
-        shared = float(settings.pop("shared_songs", SHARED_SONGS))
-        pool = pool_settings(settings.pop("unpaired_videos", 0), settings.pop("unpaired_music", 0),
-                             settings.pop("unpaired_linked", UNPAIRED_LINKED))
-        if settings.pop("missing", 0.0):
-            raise DataError("data.synthetic.missing: MVD is curated (every listed id has "
-                            "features); use 0")
-        if not 0.0 <= shared < 1.0:
-            raise DataError(f"data.synthetic.shared_songs={shared} must be in [0, 1)")
-        try:
-            check_pool_counts(*pool.values())
-        except ValueError as e:
-            raise DataError(f"data.synthetic: {e}") from None
-        spec = planted_spec(mvd_settings(settings))
-        wanted = {"dataset": "mvd", "shared_songs": shared, **pool, **dataclasses.asdict(spec)}
-        ensure_synthetic(self.root, wanted,
-                         lambda: write_mvd(spec, self.root, shared, **pool), "mvd")
+        ensure_synthetic_mvd(self.root, self.synthetic or {})

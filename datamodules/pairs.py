@@ -21,7 +21,7 @@ from datamodules.feature_store import StoreSplit
 MODALITIES = ("video", "music")
 # Batch keys PairDataset / SparseFrameDataset set themselves.
 RESERVED = frozenset({*MODALITIES, "video_mask", "music_mask", "index", "video_key", "music_key",
-                      "video_id", "music_id", "text"})
+                      "video_id", "music_id", "text", "salient"})
 
 
 def identity_collate(batch: Any) -> Any:

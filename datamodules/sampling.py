@@ -4,7 +4,8 @@ A sequence of `length` frames is cut into `n` equal segments, segment k being th
 frames [floor(k L / n), floor((k+1) L / n)); one frame is taken per segment: uniformly at
 random in training, the centre frame start + (end - start) // 2 in evaluation. Sequences
 shorter than `n` give all their frames in order, and the remaining slots are masked out
-(index 0, mask False).
+(index 0, mask False): a batch of videos of different lengths is [B, n, D] plus a [B, n]
+mask whose True entries come first (models pool and attend over the masked frames only).
 """
 
 from __future__ import annotations
@@ -64,14 +65,22 @@ class SparseFrameDataset(PairDataset):
     centres. Adds `text` (list[str], "" when
     a row has none) when any row of the split carries text. One-frame-per-item modalities
     (e.g. "text_emb") are not sampled: PairDataset returns them as batch[name] [B, D].
+
+    `salient` (bool per stored video frame of the split, datamodules.salient) adds
+    batch["salient"], bool [B, frames]: whether each sampled video frame lies in a planted
+    salient span (False on masked slots). It is for metrics only; no loss may read it.
     """
 
-    def __init__(self, split: StoreSplit, frames: int = 32, train: bool = False):
+    def __init__(self, split: StoreSplit, frames: int = 32, train: bool = False,
+                 salient: np.ndarray | None = None):
         super().__init__(split)
         if frames < 1:
             raise ValueError(f"frames={frames} must be >= 1")
         self.frames = frames
         self.train = train
+        self.salient = salient
+        # The salient mask of the last video frames gathered (`_frames`), for __getitems__.
+        self.last_video_salient: torch.Tensor | None = None
         has_text = any("text" in r for r in split.rows)
         self.texts = [str(r.get("text") or "") for r in split.rows] if has_text else None
         self._rng: np.random.Generator | None = None
@@ -91,6 +100,8 @@ class SparseFrameDataset(PairDataset):
         batch = super().__getitems__(indices)
         if self.texts is not None:
             batch["text"] = [self.texts[i] for i in batch["index"].tolist()]
+        if self.salient is not None:
+            batch["salient"] = self.last_video_salient
         return batch
 
     def _frames(self, modality: str, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,9 +112,13 @@ class SparseFrameDataset(PairDataset):
         rng = self._generator() if self.train else None
         rel, mask = global_sparse_batch(lengths, self.frames, self.train, rng)
         x = np.zeros((len(idx), self.frames, spec.dim), dtype=np.float32)
+        rows = offsets[:, None] + rel
         if mask.any():
-            rows = offsets[:, None] + rel
             x[mask] = arr[rows[mask]]
+        if modality == "video" and self.salient is not None:
+            salient = np.zeros(mask.shape, dtype=bool)
+            salient[mask] = self.salient[rows[mask]]
+            self.last_video_salient = torch.from_numpy(salient)
         if spec.dequantize is not None:
             scale, offset = spec.dequantize
             x[mask] = x[mask] * np.float32(scale) + np.float32(offset)

@@ -29,8 +29,15 @@ from pathlib import Path
 import numpy as np
 
 from datamodules.atomic import atomic_directory
+from datamodules.errors import DataError
+from datamodules.mvd_unpaired import UNPAIRED_LISTS
 from datamodules.progress import progress_bar
-from datamodules.synthetic.ensure import refuse_other_data, write_marker
+from datamodules.synthetic.ensure import (
+    ensure_synthetic,
+    planted_spec,
+    refuse_other_data,
+    write_marker,
+)
 from datamodules.synthetic.planted import PlantedBenchmark, PlantedSpec
 from datamodules.synthetic.pool import UnpairedPool, check_pool_counts
 from datamodules.synthetic.truth import TRUTH_FILE, UNPAIRED_TRUTH_FILE, rows_tsv, truth_tsv
@@ -41,7 +48,6 @@ SPAN = 0.3  # short salient spans: the SSVMR setting
 SHARED_SONGS = 0.1
 UNPAIRED_LINKED = 0.5
 CHUNK = 512
-UNPAIRED_LISTS = {"video": "unpaired_videos.csv", "music": "unpaired_music.csv"}
 
 
 def mvd_settings(settings: dict) -> dict:
@@ -113,3 +119,24 @@ def _write_pool(pool: UnpairedPool, tmp: Path) -> None:
                 keep = pool.video_length[i] if side == "video" else len(x)
                 np.save(features / side / f"{ids[i]}.npy", x[:keep])
     (tmp / UNPAIRED_TRUTH_FILE).write_text(rows_tsv(pool.truth_rows()))
+
+
+def ensure_synthetic_mvd(root: str | Path, synthetic: dict) -> bool:
+    """Write synthetic MVD under `root` for the `data.synthetic` settings unless it is there
+    (datamodules.synthetic.ensure); bad settings are one-line DataErrors."""
+    settings = dict(synthetic)
+    shared = float(settings.pop("shared_songs", SHARED_SONGS))
+    pool = pool_settings(settings.pop("unpaired_videos", 0), settings.pop("unpaired_music", 0),
+                         settings.pop("unpaired_linked", UNPAIRED_LINKED))
+    if settings.pop("missing", 0.0):
+        raise DataError("data.synthetic.missing: MVD is curated (every listed id has "
+                        "features); use 0")
+    if not 0.0 <= shared < 1.0:
+        raise DataError(f"data.synthetic.shared_songs={shared} must be in [0, 1)")
+    try:
+        check_pool_counts(*pool.values())
+    except ValueError as e:
+        raise DataError(f"data.synthetic: {e}") from None
+    spec = planted_spec(mvd_settings(settings))
+    wanted = {"dataset": "mvd", "shared_songs": shared, **pool, **dataclasses.asdict(spec)}
+    return ensure_synthetic(root, wanted, lambda: write_mvd(spec, root, shared, **pool), "mvd")
