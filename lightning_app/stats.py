@@ -10,7 +10,7 @@ import math
 from collections.abc import Sequence
 
 # t_{0.975, df} for df = 1..30, used when SciPy is not installed (from the t distribution's
-# quantile function; df > 30 interpolates towards the normal quantile).
+# quantile function); above 30, the Cornish-Fisher expansion around the normal quantile.
 _T975 = (12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281,
          2.2010, 2.1788, 2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860,
          2.0796, 2.0739, 2.0687, 2.0639, 2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423)
@@ -18,13 +18,14 @@ _Z975 = 1.959964
 
 
 def t975_table(df: int) -> float:
-    """t_{0.975, df} without SciPy: the table above, then t ~ z + (z^3 + z) / (4 df)."""
+    """t_{0.975, df} without SciPy: the table above, then two terms of the expansion
+    t ~ z + (z^3 + z) / (4 df) + (5 z^5 + 16 z^3 + 3 z) / (96 df^2) (error < 1e-4 for df > 30)."""
     if df < 1:
         raise ValueError(f"degrees of freedom must be >= 1, got {df}")
     if df <= len(_T975):
         return _T975[df - 1]
     z = _Z975
-    return z + (z**3 + z) / (4 * df)
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
 
 
 def t975(df: int) -> float:

@@ -66,12 +66,13 @@ class Study:
                          for k, a in self.arms.items()}}
 
 
-def study_names(studies_dir: Path = STUDIES_DIR) -> list[str]:
-    return sorted(p.stem for p in Path(studies_dir).glob("*.yaml"))
+def study_names(studies_dir: Path | None = None) -> list[str]:
+    return sorted(p.stem for p in Path(studies_dir or STUDIES_DIR).glob("*.yaml"))
 
 
-def load_study(name: str, studies_dir: Path = STUDIES_DIR) -> Study:
+def load_study(name: str, studies_dir: Path | None = None) -> Study:
     """Read and check the study's YAML (structure only; see check_arms for the configs)."""
+    studies_dir = Path(studies_dir or STUDIES_DIR)
     names = study_names(studies_dir)
     if name not in names:
         raise ConfigError(f"unknown study '{name}' (choose from: {', '.join(names) or 'none'}"
@@ -155,6 +156,9 @@ def check_arms(study: Study, extra: list[str]) -> None:
 def study_runs(study: Study, seeds: list[int], extra: list[str]) -> list[RunSpec]:
     """One run per arm and seed, arms in the file's order; the arm is the W&B job type."""
     runs: list[RunSpec] = []
+    ids = {_safe(arm) for arm in study.arms}
+    if len(ids) < len(study.arms):
+        raise ConfigError(f"{study.path}: arm names must differ in letters, digits and _.=+-")
     for arm, spec in study.arms.items():
         for seed in seeds:
             runs.append(RunSpec(index=len(runs), id=f"{_safe(arm)}-s{seed}",

@@ -37,16 +37,17 @@ def _chunks(data: bytes) -> Iterator[bytes]:
 
 
 def read_run(path: Path) -> dict:
-    """{'run_id', 'resumed', 'history': [{'_step': ..., key: value_json, ...}]}."""
+    """{'run_id', 'resumed', 'group', 'job_type', 'history': [{'_step': ..., key: value_json}]}."""
     from wandb.proto import wandb_internal_pb2 as pb
 
-    out: dict = {"run_id": None, "resumed": None, "history": []}
+    out: dict = {"run_id": None, "resumed": None, "group": None, "job_type": None, "history": []}
     for raw in _chunks(Path(path).read_bytes()):
         record = pb.Record()
         record.ParseFromString(raw)
         kind = record.WhichOneof("record_type")
         if kind == "run":
             out["run_id"], out["resumed"] = record.run.run_id, record.run.resumed
+            out["group"], out["job_type"] = record.run.run_group, record.run.job_type
         elif kind == "history":
             out["history"].append({(i.key or "/".join(i.nested_key)): i.value_json
                                    for i in record.history.item})
