@@ -3,7 +3,7 @@
     vmr train NAME [key=value ...]       run experiments/NAME.yaml
     vmr synth --dataset himv200k --out DIR [--pairs N --seed S ...]
     vmr prepare --dataset himv200k --src DIR [--out DIR]
-    vmr compare [RUNS_DIR | RUN_DIR ...] [--stage test]
+    vmr compare [RUNS_DIR | RUN_DIR ...] [--by KEY ...] [--format md|csv|json]
     vmr experiments                      list experiment names
     vmr eval CKPT [key=value ...] [--out DIR]   (lightning_app/cli_eval.py)
     vmr extract audio|video, vmr build-dataset, vmr retrieve   (lightning_app/cli_media.py)
@@ -138,7 +138,12 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 def _cmd_compare(args: argparse.Namespace) -> int:
     from lightning_app.compare import compare_runs
 
-    print(compare_runs([Path(p) for p in args.paths], stage=args.stage, sort=args.sort))
+    table, note = compare_runs([Path(p) for p in args.paths], stage=args.stage, sort=args.sort,
+                               by=args.by, metrics=args.metrics, fmt=args.format)
+    print(table)
+    if note:  # stdout stays parseable for csv and json
+        print(note if args.format == "md" else f"vmr compare: {note}",
+              file=sys.stdout if args.format == "md" else sys.stderr)
     return 0
 
 
@@ -206,10 +211,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-fraction", type=float, default=0.1)
     p.set_defaults(func=_cmd_prepare)
 
-    p = sub.add_parser("compare", help="compare the metrics of finished runs")
+    p = sub.add_parser("compare", help="mean, std and 95%% CI of finished runs per configuration")
     p.add_argument("paths", nargs="*", default=["runs"], help="run folders or folders of runs")
     p.add_argument("--stage", default="test", choices=("test", "val"))
     p.add_argument("--sort", default=None, help="metric to sort by, e.g. v2m/R@10")
+    p.add_argument("--by", nargs="+", default=None, metavar="KEY",
+                   help="group by these config keys (default: the whole configuration)")
+    p.add_argument("--metrics", nargs="+", default=None, metavar="METRIC",
+                   help="metric columns, e.g. v2m/R@1 m2v/MnR")
+    p.add_argument("--format", default="md", choices=("md", "csv", "json"))
     p.set_defaults(func=_cmd_compare)
 
     add_media_commands(sub)

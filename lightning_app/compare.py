@@ -1,100 +1,141 @@
-"""`vmr compare`: one table of the final metrics of many runs, with per-experiment means.
+"""`vmr compare`: finished runs grouped by configuration, with mean, std, n and a 95 % CI
+(Student t over the group's runs, usually its seeds) per metric.
 
-Reads only the run folders (metrics.json, config.yaml), so runs compare without W&B.
+Reads only the run folders (config.yaml, metrics.json, status.json), so runs compare without
+W&B. Which keys make a configuration: lightning_app.run_groups (EXCLUDED). The columns
+before the metrics are the keys whose values differ between the groups (or the `--by` keys).
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
-import statistics
 from pathlib import Path
+from typing import Any
 
-import yaml
-
+from lightning_app import stats
 from lightning_app.errors import ConfigError
+from lightning_app.run_groups import Group, differing_keys, find_runs, group_runs, load_run
 
 SHOWN = ("v2m/R@1", "v2m/R@10", "v2m/MdR", "m2v/R@1", "m2v/R@10", "m2v/MdR")
+FORMATS = ("md", "csv", "json")
 
 
-def find_runs(paths: list[Path]) -> list[Path]:
-    runs: list[Path] = []
-    for path in paths:
-        if not path.exists():
-            raise ConfigError(f"{path}: no such run folder")
-        if (path / "metrics.json").exists():
-            runs.append(path)
-        else:
-            runs.extend(sorted(p.parent for p in path.rglob("metrics.json")))
-    return runs
-
-
-def _read(path: Path, parse) -> dict:
-    """A JSON/YAML mapping, {} when the file is absent; a one-line error when it is corrupt."""
-    if not path.exists():
-        return {}
-    try:
-        data = parse(path.read_text())
-    except (ValueError, yaml.YAMLError) as e:
-        raise ConfigError(f"{path}: corrupt ({str(e).splitlines()[0]})") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping, got {type(data).__name__}")
-    return data
-
-
-def _load(run: Path, stage: str) -> tuple[str, int, dict[str, float]]:
-    metrics = _read(run / "metrics.json", json.loads)
-    cfg = _read(run / "config.yaml", yaml.safe_load)
-    name = cfg.get("name") or metrics.get("experiment") or run.parent.name
-    values = {k[len(stage) + 1:]: v for k, v in metrics.items() if k.startswith(f"{stage}/")}
-    return name, cfg.get("seed", metrics.get("seed", -1)), values
-
-
-def _number(value: object, default: float | None = None) -> float | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    return default
-
-
-def _cell(key: str, value: float | None) -> str:
-    if value is None:
-        return f"{'-':>10}"
-    return f"{value * 100:>10.2f}" if "/R@" in key else f"{value:>10.1f}"
-
-
-def compare_runs(paths: list[Path], stage: str = "test", sort: str | None = None) -> str:
-    runs = find_runs(paths)
-    if not runs:
+def compare_runs(paths: list[Path], stage: str = "test", sort: str | None = None,
+                 by: list[str] | None = None, metrics: list[str] | None = None,
+                 fmt: str = "md") -> tuple[str, str]:
+    """(the table in `fmt`, a note on skipped runs or "")."""
+    found = find_runs(paths)
+    if not found.finished:
         raise ConfigError(f"no finished runs (metrics.json) under {', '.join(map(str, paths))}")
-    loaded = [(run, *_load(run, stage)) for run in runs]
+    runs = [load_run(p, stage) for p in found.finished]
+    have = sorted({k for r in runs for k in r.metrics})
+    shown = list(metrics) if metrics else [m for m in SHOWN if m in have] or have
+    for name in [*shown, *([sort] if sort else [])]:
+        if name not in have:
+            flag = "--sort" if name == sort else "--metrics"
+            raise ConfigError(f"{flag} {name}: no run has {stage}/{name} "
+                              f"(choose from: {', '.join(have)})")
+    groups = group_runs(runs, by)
+    keys = list(by) if by else (differing_keys(groups) or ["name"])
+    rows = sorted((_summary(g, keys, shown) for g in groups),
+                  key=lambda r: [_order(r["config"][k]) for k in keys])
     if sort:
-        have = sorted({k for *_, values in loaded for k in values})
-        if sort not in have:
-            raise ConfigError(
-                f"--sort {sort}: no run has {stage}/{sort} (choose from: {', '.join(have)})"
-            )
         higher_is_better = "R@" in sort
-        # Runs without the metric go last in either direction.
+        # Groups without the metric go last in either direction.
         missing = float("-inf") if higher_is_better else float("inf")
-        loaded.sort(key=lambda r: _number(r[3].get(sort), missing), reverse=higher_is_better)
-    head = f"{'run':<44}{'seed':>6}" + "".join(f"{k:>10}" for k in SHOWN)
-    lines = [f"{stage} metrics (R@K in %)", head]
-    for run, name, seed, values in loaded:
-        label = f"{name}/{run.name}"[-44:]
-        cells = "".join(_cell(k, _number(values.get(k))) for k in SHOWN)
-        lines.append(f"{label:<44}{seed!s:>6}" + cells)
-    groups: dict[str, list[dict[str, float]]] = {}
-    for _, name, _, values in loaded:
-        groups.setdefault(name, []).append(values)
-    lines += ["", "mean ± std over runs of each experiment"]
-    for name, rows in sorted(groups.items()):
-        cells = []
-        for k in SHOWN:
-            xs = [x for r in rows if (x := _number(r.get(k))) is not None]
-            scale = 100 if "/R@" in k else 1
-            mean = statistics.fmean(xs) * scale if xs else float("nan")
-            std = statistics.stdev(xs) * scale if len(xs) > 1 else 0.0
-            cells.append(f"{mean:>6.1f}±{std:<3.1f}")
-        lines.append(f"{name + f' (n={len(rows)})':<50}" + "".join(f"{c:>10}" for c in cells))
-    return "\n".join(lines)
+        rows.sort(key=lambda r: _or(r["metrics"][sort]["mean"], missing),
+                  reverse=higher_is_better)
+    note = _skipped_note(len(found.unfinished), len(found.failed))
+    if fmt == "json":
+        return json.dumps({"stage": stage, "keys": keys, "metrics": shown, "groups": rows,
+                           "skipped": {"unfinished": [str(p) for p in found.unfinished],
+                                       "failed": [str(p) for p in found.failed]}},
+                          indent=2), note
+    if fmt == "csv":
+        return _csv(rows, keys, shown), note
+    if fmt == "md":
+        return _markdown(rows, keys, shown, stage), note
+    raise ConfigError(f"--format {fmt}: choose from {', '.join(FORMATS)}")
+
+
+def _summary(group: Group, keys: list[str], shown: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {"config": {k: group.key.get(k, group.runs[0].config.get(k))
+                                      for k in keys},
+                           "n": len(group.runs), "runs": [str(r.path) for r in group.runs],
+                           "metrics": {}}
+    for name in shown:
+        xs = [r.metrics[name] for r in group.runs if name in r.metrics]
+        s = stats.summarize(xs)
+        out["metrics"][name] = {"mean": s["mean"], "std": s["std"], "n": s["n"],
+                                "ci95": None if s["ci95_lo"] is None
+                                else [s["ci95_lo"], s["ci95_hi"]]}
+    return out
+
+
+def _csv(rows: list[dict], keys: list[str], shown: list[str]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow([*keys, "n", *(f"{m}/{s}" for m in shown
+                                   for s in ("mean", "std", "ci95_lo", "ci95_hi"))])
+    for row in rows:
+        cells: list[Any] = [_value(row["config"][k]) for k in keys] + [row["n"]]
+        for m in shown:
+            s = row["metrics"][m]
+            ci = s["ci95"] or [None, None]
+            cells += [_blank(s["mean"]), _blank(s["std"]), _blank(ci[0]), _blank(ci[1])]
+        writer.writerow(cells)
+    return buf.getvalue().rstrip("\n")
+
+
+def _markdown(rows: list[dict], keys: list[str], shown: list[str], stage: str) -> str:
+    """A Markdown table whose columns line up, so it reads in a terminal as it is."""
+    head = [*keys, "n", *shown]
+    body = [[_value(r["config"][k]) for k in keys] + [str(r["n"])]
+            + [_cell(m, r["metrics"][m]) for m in shown] for r in rows]
+    widths = [max(len(str(c)) for c in col) for col in zip(head, *body)]
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
+
+    title = (f"{stage} metrics: mean ± std [95 % CI] over the runs of each configuration "
+             "(R@K in %)")
+    return "\n".join([title, "", line(head), "|" + "|".join("-" * (w + 2) for w in widths)
+                      + "|", *(line(b) for b in body)])
+
+
+def _cell(name: str, s: dict) -> str:
+    if s["mean"] is None:
+        return "-"
+    scale = 100.0 if "R@" in name else 1.0
+    text = f"{s['mean'] * scale:.2f}"
+    if s["std"] is not None:
+        text += f" ± {s['std'] * scale:.2f}"
+    if s["ci95"] is not None:
+        text += f" [{s['ci95'][0] * scale:.2f}, {s['ci95'][1] * scale:.2f}]"
+    return text
+
+
+def _order(v: Any) -> tuple:
+    """Numbers by value, before anything else by its text (None, lists, strings mix)."""
+    number = isinstance(v, (int, float)) and not isinstance(v, bool)
+    return (0, v, "") if number else (1, 0, _value(v))
+
+
+def _value(v: Any) -> str:
+    return json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+
+
+def _blank(x: float | None) -> str | float:
+    return "" if x is None else x
+
+
+def _or(x: float | None, default: float) -> float:
+    return default if x is None else x
+
+
+def _skipped_note(unfinished: int, failed: int) -> str:
+    parts = [f"{n} {what} run{'s' if n != 1 else ''}"
+             for n, what in ((unfinished, "unfinished"), (failed, "failed")) if n]
+    return f"skipped {' and '.join(parts)}" if parts else ""

@@ -396,22 +396,21 @@ def _fake_run(runs: Path, name: str, stamp: str, seed: int, v2m_r1: float, mdr: 
 
 
 def test_compare_two_runs(capsys, tmp_path):
+    """Two seeds of one experiment: one group, mean ± std [95 % CI] per metric."""
     runs = tmp_path / "runs"
     _fake_run(runs, "exp", "20260101-000000", 0, 0.10, 12.0)
     _fake_run(runs, "exp", "20260101-000001", 1, 0.20, 10.0)
     assert main(["compare", str(runs)]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == "test metrics (R@K in %)"
-    assert out[1].split() == ["run", "seed", "v2m/R@1", "v2m/R@10", "v2m/MdR", "m2v/R@1",
-                              "m2v/R@10", "m2v/MdR"]
-    assert out[2].split() == ["exp/20260101-000000", "0", "10.00", "50.00", "12.0", "20.00",
-                              "60.00", "8.0"]
-    assert out[3].split() == ["exp/20260101-000001", "1", "20.00", "50.00", "10.0", "20.00",
-                              "60.00", "8.0"]
-    assert out[5] == "mean ± std over runs of each experiment"
-    assert out[6].split() == ["exp", "(n=2)", "15.0±7.1", "50.0±0.0", "11.0±1.4", "20.0±0.0",
-                              "60.0±0.0", "8.0±0.0"]
-    assert len(out) == 7
+    assert out[0].startswith("test metrics: mean ± std [95 % CI]")
+    cells = [c.strip() for c in out[2].strip("|").split("|")]
+    assert cells == ["name", "n", "v2m/R@1", "v2m/R@10", "v2m/MdR", "m2v/R@1", "m2v/R@10",
+                     "m2v/MdR"]
+    row = [c.strip() for c in out[4].strip("|").split("|")]
+    # t_{0.975,1} = 12.706; sd(10, 20) = 7.07: 15 ± 12.706 * 7.07 / sqrt(2) = 15 ± 63.53
+    assert row[:3] == ["exp", "2", "15.00 ± 7.07 [-48.53, 78.53]"]
+    assert row[3:5] == ["50.00 ± 0.00 [50.00, 50.00]", "11.00 ± 1.41 [-1.71, 23.71]"]
+    assert len(out) == 5
 
 
 def test_compare_sorts_and_groups(capsys, tmp_path):
@@ -420,15 +419,15 @@ def test_compare_sorts_and_groups(capsys, tmp_path):
     _fake_run(runs, "b", "2", 0, 0.30, 4.0)
     assert main(["compare", str(runs), "--sort", "v2m/R@1"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in out[2:4]] == ["b/2", "a/1"]
-    assert [line.split()[:2] for line in out[-2:]] == [["a", "(n=1)"], ["b", "(n=1)"]]
+    assert [line.split()[1] for line in out[4:6]] == ["b", "a"]
     assert main(["compare", str(runs), "--sort", "v2m/MdR"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in out[2:4]] == ["b/2", "a/1"]  # lower rank first
+    assert [line.split()[1] for line in out[4:6]] == ["b", "a"]  # lower rank first
     assert main(["compare", str(a), "--stage", "val"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == "val metrics (R@K in %)"
-    assert out[2].split() == ["a/1", "0", "90.00", "-", "-", "-", "-", "-"]
+    assert out[0].startswith("val metrics")
+    assert [c.strip() for c in out[2].strip("|").split("|")] == ["name", "n", "v2m/R@1"]
+    assert [c.strip() for c in out[4].strip("|").split("|")] == ["a", "1", "90.00"]
 
 
 def test_compare_errors(capsys, tmp_path):
