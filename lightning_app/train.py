@@ -20,6 +20,7 @@ from datamodules.errors import DataError
 from datamodules.extract.specs import dataset_extractor
 from lightning_app.callbacks import RecallAtK
 from lightning_app.callbacks.back_retrieval import BackRetrieval
+from lightning_app.callbacks.method_diagnostics import method_callbacks
 from lightning_app.callbacks.rng_state import RNGState
 from lightning_app.callbacks.self_training import SelfTraining
 from lightning_app.config import Config, to_dict, to_yaml
@@ -54,7 +55,7 @@ def train(cfg: Config) -> tuple[dict[str, float], dict[str, Any]]:
 
     recall, checkpoint, training_set_changes = build_callbacks(cfg, run_dir)
     callbacks = [recall, checkpoint, LearningRateMonitor("epoch"), *training_set_changes,
-                 RNGState()]
+                 RNGState(), *method_callbacks(cfg)]
     t = cfg.trainer
     trainer = pl.Trainer(
         default_root_dir=str(run_dir),

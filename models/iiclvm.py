@@ -94,7 +94,8 @@ class IICLVM(RetrievalModule):
         total = nce
         ii = self.ii
         if ii["weight"] > 0:
-            kw = {"variant": ii["variant"], "temperature": ii["temperature"], "k": ii["k"]}
+            kw = {"variant": ii["variant"], "temperature": ii["temperature"], "k": ii["k"],
+                  "center": ii.get("center", "none")}  # older checkpoints lack `center`
             terms: dict[str, tuple[float, torch.Tensor]] = {}
             if ii["video_weight"] > 0:
                 raw = masked_pool(batch["video"], batch["video_mask"], "mean")
@@ -106,9 +107,10 @@ class IICLVM(RetrievalModule):
                 feats, raw = self._text(batch)
                 emb = F.normalize(self.text_proj(feats), dim=-1)
                 terms["text"] = (ii["text_weight"], inter_intra_loss(raw, emb, **kw))
-            ii_total = sum(w * term for w, term in terms.values())
-            parts.update({f"ii_{name}": term for name, (_, term) in terms.items()})
-            parts["ii"] = ii_total
-            total = total + ii["weight"] * ii_total
+            if terms:  # every per-modality weight 0: nothing to add
+                ii_total = sum(w * term for w, term in terms.values())
+                parts.update({f"ii_{name}": term for name, (_, term) in terms.items()})
+                parts["ii"] = ii_total
+                total = total + ii["weight"] * ii_total
         parts["loss"] = total
         return parts

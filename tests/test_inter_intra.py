@@ -51,6 +51,26 @@ def _np_kl(raw: np.ndarray, emb: np.ndarray, t: float) -> float:
     return total / n
 
 
+def _np_corr(raw: np.ndarray, emb: np.ndarray) -> float:
+    """mean_i 1 - Pearson(row i of A_in, row i of A_out), off-diagonal entries only."""
+    a_in, a_out = _rownorm(raw) @ _rownorm(raw).T, _rownorm(emb) @ _rownorm(emb).T
+    n = raw.shape[0]
+    total = 0.0
+    for i in range(n):
+        cols = [j for j in range(n) if j != i]
+        x, y = a_in[i, cols], a_out[i, cols]
+        if len(cols) < 2 or x.std() == 0 or y.std() == 0:
+            r = 0.0
+        else:
+            r = float(np.corrcoef(x, y)[0, 1])
+        total += 1.0 - r
+    return total / n
+
+
+def _np_centered(x: np.ndarray) -> np.ndarray:
+    return x - x.mean(axis=0, keepdims=True)
+
+
 def _data(seed: int, n: int, f: int = 9, d: int = 5):
     rng = np.random.default_rng(seed)
     return rng.standard_normal((n, f)) * 2.0, rng.standard_normal((n, d))
@@ -129,7 +149,7 @@ def test_half_precision_returns_float32():
 
 def test_errors():
     x = torch.randn(4, 3)
-    with pytest.raises(ValueError, match="valid variants: mse, kl, rank"):
+    with pytest.raises(ValueError, match="valid variants: mse, kl, corr, rank"):
         inter_intra_loss(x, x, "cosine")
     with pytest.raises(ValueError, match="same number of rows"):
         inter_intra_loss(x, torch.randn(5, 3))
@@ -160,3 +180,61 @@ def test_autocast_does_not_lower_precision(variant):
         got = inter_intra_loss(raw, emb, variant)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------- corr, centring
+
+
+@pytest.mark.parametrize("n", [3, 7, 16])
+def test_corr_matches_numpy_and_ignores_level_and_spread(n):
+    raw, emb = _data(200 + n, n)
+    got = inter_intra_loss(torch.from_numpy(raw), torch.from_numpy(emb), "corr")
+    np.testing.assert_allclose(got.item(), _np_corr(raw, emb), rtol=1e-9, atol=1e-12)
+    emb_t = torch.from_numpy(emb).requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda e: inter_intra_loss(torch.from_numpy(raw), e, "corr"), (emb_t,))
+
+
+def test_corr_is_zero_for_an_affine_copy_of_the_raw_structure():
+    """Embeddings whose cosines are a * A_in + b per row (a > 0) lose nothing under corr,
+    while mse still charges for the changed level: the relative form frees level and spread."""
+    torch.manual_seed(3)
+    n = 10
+    raw = torch.randn(n, 6, dtype=torch.float64) + 4.0  # a common offset: cosines near 1
+    a_in = F.normalize(raw, dim=1) @ F.normalize(raw, dim=1).T
+    # A Gram matrix 0.5 * A_in + 0.5 * I is PSD with unit diagonal: realise it as embeddings.
+    target = 0.5 * a_in + 0.5 * torch.eye(n, dtype=torch.float64)
+    vals, vecs = torch.linalg.eigh(target)
+    emb = vecs * vals.clamp_min(0).sqrt()
+    assert inter_intra_loss(raw, emb, "corr").item() < 1e-10
+    assert inter_intra_loss(raw, emb, "mse").item() > 1e-3
+
+
+@pytest.mark.parametrize("variant", ["mse", "kl", "corr"])
+def test_batch_centring_matches_numpy(variant):
+    raw, emb = _data(300, 9)
+    raw = raw + 5.0  # the common offset centring removes
+    want = {"mse": _np_mse, "kl": lambda r, e: _np_kl(r, e, 0.1), "corr": _np_corr}[variant](
+        _np_centered(raw), _np_centered(emb))
+    got = inter_intra_loss(torch.from_numpy(raw), torch.from_numpy(emb), variant,
+                           temperature=0.1, center="batch")
+    np.testing.assert_allclose(got.item(), want, rtol=1e-9, atol=1e-12)
+    # ... and centring is invariant to a common offset added to either side.
+    shifted = inter_intra_loss(torch.from_numpy(raw - 3.0), torch.from_numpy(emb + 2.0), variant,
+                               temperature=0.1, center="batch")
+    np.testing.assert_allclose(shifted.item(), got.item(), rtol=1e-9, atol=1e-12)
+
+
+def test_batch_centring_of_rank_is_the_structure_loss_of_centred_inputs():
+    raw, emb = _data(301, 10)
+    got = inter_intra_loss(torch.from_numpy(raw), torch.from_numpy(emb), "rank", k=6,
+                           center="batch")
+    want = soft_intra_modal_structure_loss(
+        torch.from_numpy(_np_centered(raw)), torch.from_numpy(_rownorm(_np_centered(emb))), k=6)
+    torch.testing.assert_close(got, want)
+
+
+def test_unknown_centring():
+    x = torch.randn(4, 3)
+    with pytest.raises(ValueError, match="valid: none, batch"):
+        inter_intra_loss(x, x, "mse", center="row")

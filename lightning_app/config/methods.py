@@ -108,11 +108,27 @@ class ModelConfig:
 
 @dataclass
 class CMGSDConfig:
-    """CMGSD adaptive margin (reconstruction, docs/methods.md): m = max(0, alpha + beta z(d))."""
+    """CMGSD adaptive margin (reconstruction, docs/methods.md): clamp(alpha + beta z, 0, max).
+
+    Used by `loss.margin=adaptive`; `loss.margin=fixed_matched` is its control with the same
+    hinge terms and weights but the fixed margin everywhere.
+    """
 
     fixed_margin: float = 0.1
     alpha: float = 0.2
     beta: float = 1.0
+    # Upper bound of the adaptive margins; empty (null): unbounded, as the third-party port.
+    max_margin: float | None = None
+    # z-score of the distances over the whole batch (the port) or per anchor row.
+    zscore: str = choice("batch", ("batch", "row"))
+    # Distances from the joint embeddings being trained, from separate single-modal heads on
+    # the pre-projection features, or from a momentum (EMA) copy of the branches.
+    dynamic_source: str = choice("joint", ("joint", "heads", "ema"))
+    head_dim: int = 256
+    head_dropout: float = 0.1
+    ema_decay: float = 0.99
+    # Divide the loss by the sum of its term weights (1 + 2 lambda (+ 1 - lambda)).
+    normalize_terms: bool = False
     # lambda ramps 0 -> 1 over this many epochs (self-distillation terms phase in).
     ramp_epochs: int = 5
     # Use the frozen raw input features as CMGSD's static expert.
@@ -124,7 +140,8 @@ class LossConfig:
     """VM-NET: L = 3 L_mv + 1 L_vm + 0.2 L_struct(music) + 0.2 L_struct(video)."""
 
     num_negatives: int = 100
-    # A number, or "adaptive" for CMGSD's per-negative margins (settings in `cmgsd`).
+    # A number; "adaptive" for CMGSD's per-negative margins (settings in `cmgsd`); or
+    # "fixed_matched": CMGSD's terms and weights with `cmgsd.fixed_margin` in every term.
     margin: float | str = 0.1
     music_to_video_weight: float = 3.0
     video_to_music_weight: float = 1.0
@@ -139,7 +156,11 @@ class IILossConfig:
     """II-CLVM's inter-intra loss; weight 0 gives the plain contrastive baseline."""
 
     weight: float = 1.0
-    variant: str = choice("mse", ("mse", "kl", "rank"))
+    variant: str = choice("mse", ("mse", "kl", "corr", "rank"))
+    # "batch": subtract each side's batch mean before the cosines (removes the raw features'
+    # common offset, which otherwise pins all raw cosines near 1).
+    center: str = choice("none", ("none", "batch"))
+    # Per-modality weights; 0 skips that modality's term entirely.
     video_weight: float = 1.0
     music_weight: float = 1.0
     text_weight: float = 1.0

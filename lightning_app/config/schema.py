@@ -152,6 +152,9 @@ class EvalConfig:
     # Per-query results: each query's top-k gallery ids and scores.
     topk: int = 10
     save_embeddings: bool = False
+    # Train/validation gap (lightning_app.callbacks.train_gap): R@10 on this many training
+    # pairs minus R@10 on as many validation pairs, logged as gap/...; 0: off.
+    gap_pairs: int = 0
 
 
 @dataclass

@@ -42,10 +42,16 @@ def validate(cfg: Config) -> None:
         ("optim.warmup_steps", cfg.optim.warmup_steps >= 0, "must be >= 0"),
         ("loss.num_negatives", cfg.loss.num_negatives > 0, "must be > 0"),
         ("loss.structure_k", cfg.loss.structure_k >= 2, "must be >= 2"),
-        ("loss.margin", cfg.loss.margin == "adaptive"
+        ("loss.margin", cfg.loss.margin in ("adaptive", "fixed_matched")
          or (not isinstance(cfg.loss.margin, str) and cfg.loss.margin >= 0),
-         "must be a number >= 0 or 'adaptive'"),
+         "must be a number >= 0, 'adaptive' or 'fixed_matched'"),
         ("loss.cmgsd.ramp_epochs", cfg.loss.cmgsd.ramp_epochs >= 0, "must be >= 0"),
+        ("loss.cmgsd.max_margin", cfg.loss.cmgsd.max_margin is None
+         or cfg.loss.cmgsd.max_margin > 0, "must be > 0 or empty (unbounded)"),
+        ("loss.cmgsd.head_dim", cfg.loss.cmgsd.head_dim >= 1, "must be >= 1"),
+        ("loss.cmgsd.head_dropout", 0.0 <= cfg.loss.cmgsd.head_dropout < 1.0,
+         "must be in [0, 1)"),
+        ("loss.cmgsd.ema_decay", 0.0 < cfg.loss.cmgsd.ema_decay < 1.0, "must be in (0, 1)"),
         ("ii_loss.weight", cfg.ii_loss.weight >= 0, "must be >= 0"),
         ("ii_loss.temperature", cfg.ii_loss.temperature > 0, "must be > 0"),
         ("ii_loss.k", cfg.ii_loss.k >= 2, "must be >= 2"),
@@ -98,6 +104,8 @@ def validate(cfg: Config) -> None:
         ("eval.gallery_size", cfg.eval.gallery_size >= 0, "must be >= 0 (0: the whole split)"),
         ("eval.draws", cfg.eval.draws >= 1, "must be >= 1"),
         ("eval.topk", cfg.eval.topk >= 1, "must be >= 1"),
+        ("eval.gap_pairs", cfg.eval.gap_pairs == 0 or cfg.eval.gap_pairs >= 2,
+         "must be 0 (off) or >= 2"),
         ("checkpoint.save_top_k", cfg.checkpoint.save_top_k >= -1, "must be >= -1"),
         ("self_training.epochs_per_round", cfg.self_training.epochs_per_round >= 1,
          "must be >= 1"),
@@ -125,6 +133,11 @@ def _is_batch_limit(x: Any) -> bool:
 
 
 def _get(obj: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
 def _synthetic_format_checks(cfg: Config) -> list[tuple[str, bool, str]]:
     """Planted conditions that only some on-disk formats can hold (when synthesising)."""
     d, syn = cfg.data, cfg.data.synthetic
