@@ -77,20 +77,40 @@ def test_without_ii_the_loss_is_plain_infonce():
     assert "ii" not in parts
 
 
-@pytest.mark.parametrize("variant", ["mse", "kl", "rank"])
-def test_ii_loss_adds_weighted_per_modality_terms(variant):
+@pytest.mark.parametrize("variant, center", [("mse", "none"), ("kl", "none"), ("rank", "none"),
+                                             ("corr", "none"), ("mse", "batch")])
+def test_ii_loss_adds_weighted_per_modality_terms(variant, center):
     torch.manual_seed(0)
-    m = make_model(weight=0.5, variant=variant, video_weight=2.0, music_weight=0.25, k=4).eval()
+    m = make_model(weight=0.5, variant=variant, video_weight=2.0, music_weight=0.25, k=4,
+                   center=center).eval()
     b = make_batch()
     v, mu = m.encode_video(b), m.encode_music(b)
     parts = m.loss(b, v, mu)
     vm, mm = b["video_mask"].unsqueeze(-1).float(), b["music_mask"].unsqueeze(-1).float()
     raw_v = (b["video"] * vm).sum(1) / vm.sum(1)
     raw_m = (b["music"] * mm).sum(1) / mm.sum(1)
-    kw = {"variant": variant, "temperature": 0.1, "k": 4}
+    kw = {"variant": variant, "temperature": 0.1, "k": 4, "center": center}
     ii = 2.0 * inter_intra_loss(raw_v, v, **kw) + 0.25 * inter_intra_loss(raw_m, mu, **kw)
     expected = info_nce_loss(v, mu, m.logit_scale()) + 0.5 * ii
     torch.testing.assert_close(parts["loss"], expected)
+
+
+def test_video_weight_zero_skips_the_video_term_entirely():
+    """No video II term is computed: the loss does not even read the raw video frames'
+    similarity (garbage there changes nothing), and no `ii_video` part is logged."""
+    torch.manual_seed(0)
+    m = make_model(weight=1.0, video_weight=0.0, music_weight=1.0).eval()
+    b = make_batch()
+    v, mu = m.encode_video(b), m.encode_music(b)
+    parts = m.loss(b, v, mu)
+    assert "ii_video" not in parts and "ii_music" in parts
+    b2 = dict(b, video=b["video"] * 1e3)  # the raw video changes ...
+    parts2 = m.loss(b2, v, mu)  # ... but with the same embeddings the loss does not
+    torch.testing.assert_close(parts2["loss"], parts["loss"])
+    off = make_model(weight=1.0, video_weight=0.0, music_weight=0.0).eval()
+    parts = off.loss(b, v, mu)
+    assert "ii" not in parts
+    torch.testing.assert_close(parts["loss"], info_nce_loss(v, mu, off.logit_scale()))
 
 
 def test_clvtm_hashed_text_changes_the_video_embedding_and_adds_a_text_term():
