@@ -102,10 +102,12 @@ def test_margin_record_holds_every_term_when_asked():
 
 def test_negative_kinds_and_truth_keys(tmp_path):
     path = tmp_path / "truth.tsv"
-    path.write_text("id\tstyle\ttrue_music_id\tduplicate_group\n"
-                    "a\t0\ta\t\nb\t0\ta\t\nc\t0\tc\t-1\nd\t1\td\t7\ne\t2\te\t7\n")
+    path.write_text("id\tstyle\ttrue_music_id\tgroup\n"
+                    "a\t0\ta\ta\nb\t0\ta\ta\nc\t0\tc\tc\nd\t1\td\td\ne\t2\te\td\n")
     truth = read_item_truth(path)
-    assert truth["a"][1] == truth["b"][1] == "song:a" and truth["d"][1] == truth["e"][1]
+    assert truth["a"][1] == truth["b"][1] == "group:a" and truth["d"][1] == truth["e"][1]
+    (tmp_path / "old.tsv").write_text("id\tstyle\ttrue_music_id\nx\t3\ty\n")
+    assert read_item_truth(tmp_path / "old.tsv") == {"x": (3, "song:y")}
     keys = {k: i for i, k in enumerate(sorted({t[1] for t in truth.values()}))}
     ids = ["a", "b", "c", "d", "e"]
     kinds = negative_kinds(torch.tensor([truth[i][0] for i in ids]),

@@ -5,8 +5,8 @@ every `every_n_steps` training batches the model keeps the batch's distances and
 matrices (`record_margins`); this callback splits each term's selected (anchor, negative)
 entries by what the negative is to the anchor's pair, read from the hidden truth file:
 
-* ``equivalent``: the same song (or the same near-duplicate content, when the truth has a
-  `duplicate_group` column): a negative CMGSD should NOT push away;
+* ``equivalent``: the same multi-positive group (a shared song or a near-duplicate content;
+  the truth's `group` column, else the true song): a negative CMGSD should NOT push away;
 * ``same_style``: another song of the anchor's planted style (related);
 * ``other_style``: everything else,
 
@@ -33,13 +33,17 @@ KINDS = ("equivalent", "same_style", "other_style")
 
 
 def read_item_truth(path: str | Path) -> dict[str, tuple[int, str]]:
-    """{pair id: (style, equivalence key)} from a truth.tsv (song, or duplicate group)."""
+    """{pair id: (style, equivalence key)} from a truth.tsv.
+
+    The key is the multi-positive `group` (pairs joined by a shared song or a near copy)
+    when the truth has that column, else the pair's true song.
+    """
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
     out = {}
     for r in rows:
-        group = r.get("duplicate_group") or ""
-        key = f"dup:{group}" if group not in ("", "-1") else f"song:{r['true_music_id']}"
+        group = r.get("group") or ""
+        key = f"group:{group}" if group else f"song:{r['true_music_id']}"
         out[r["id"]] = (int(r["style"]), key)
     return out
 
