@@ -27,6 +27,9 @@ LOG = "train.log"
 EXIT_FILE = "exit.json"
 LAST_CKPT = Path("checkpoints") / "last.ckpt"
 _POLL_S = 0.2
+# The data settings that decide what a data root and its store hold (batch sizes, loader
+# workers, frame sampling only decide how it is read).
+_ON_DISK = ("dataset", "root", "store", "synthetic", "val_size", "test_size", "labels")
 
 
 def run_state(sweep_dir: Path, run: RunSpec) -> tuple[str | None, Path | None]:
@@ -130,13 +133,22 @@ def prepare_data(runs: list[RunSpec]) -> None:
     from lightning_app.registry import build_datamodule
 
     seen: set[str] = set()
+    roots: dict[str, RunSpec] = {}
     for run in runs:
         cfg = load_config(run.experiment, [*run.overrides, f"seed={run.seed}"])
-        key = json.dumps(to_dict(cfg)["data"], sort_keys=True)
-        if key not in seen:
-            seen.add(key)
-            print(f"sweep: preparing the data of {run.id} ({cfg.data.root})", flush=True)
-            build_datamodule(cfg).prepare_data()
+        data = to_dict(cfg)["data"]
+        key = json.dumps({k: data.get(k) for k in _ON_DISK}, sort_keys=True)
+        if key in seen:
+            continue
+        seen.add(key)
+        other = roots.setdefault(str(Path(cfg.data.root).resolve()), run)
+        if other is not run:
+            raise ConfigError(f"--parallel: runs {other.id} and {run.id} use data.root="
+                              f"{cfg.data.root} with different data settings and would rewrite "
+                              "each other's data; give each its own data.root or run one at a "
+                              "time")
+        print(f"sweep: preparing the data of {run.id} ({cfg.data.root})", flush=True)
+        build_datamodule(cfg).prepare_data()
 
 
 def _start(run: RunSpec, sweep_dir: Path, group: str, env: dict) -> subprocess.Popen:

@@ -164,12 +164,15 @@ def test_local_launcher_records_failures_and_goes_on(capsys, tmp_path, monkeypat
         return [python, "-c", code]
 
     monkeypatch.setattr(sweep, "command", fake_command)
+    prepared = []  # side by side, each dataset is built once first
+    monkeypatch.setattr(sweep, "prepare_data", lambda runs: prepared.extend(runs))
     out = tmp_path / "s"
     assert main(["sweep", "quickstart", "optim.lr=1e-3,2e-3,3e-3", "--out", str(out),
                  "--parallel", "2"]) == 1
     printed = capsys.readouterr().out
     manifest = Manifest.read(out)
     assert [r.status for r in manifest.runs] == ["done", "failed", "done"]
+    assert [r.index for r in prepared] == [0, 1, 2]
     failed = manifest.runs[1]
     assert failed.returncode == 3 and failed.error == "RuntimeError: boom"
     assert manifest.runs[0].run_dir == f"runs/{manifest.runs[0].id}/quickstart/20260101-000000"
@@ -268,3 +271,13 @@ def test_wandb_offline_run_records_group_and_job_type(tmp_path, monkeypatch):
     finish_loggers(loggers)
     record = read_run(next(tmp_path.glob("wandb/offline-run-*/run-*.wandb")))
     assert (record["group"], record["job_type"]) == ("quickstart-20260101-000000", "arm_b")
+
+
+def test_parallel_runs_may_not_rewrite_each_others_data(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(sweep, "command", lambda *a, **k: pytest.fail("nothing may start"))
+    assert main(["sweep", "quickstart", "data.synthetic.seed=1,2", f"data.root={tmp_path}/d",
+                 "--parallel", "2", "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"vmr: error: --parallel: runs 000-seed=1-s0 and 001-seed=2-s0 use "
+                   f"data.root={tmp_path}/d with different data settings and would rewrite "
+                   "each other's data; give each its own data.root or run one at a time")
