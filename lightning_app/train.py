@@ -19,7 +19,7 @@ from datamodules.atomic import write_json, write_text
 from datamodules.errors import DataError
 from datamodules.extract.specs import dataset_extractor
 from lightning_app.callbacks import RecallAtK
-from lightning_app.callbacks.back_retrieval import BackRetrieval
+from lightning_app.callbacks.back_retrieval import BackRetrieval, check_source
 from lightning_app.callbacks.method_diagnostics import method_callbacks
 from lightning_app.callbacks.rng_state import RNGState
 from lightning_app.callbacks.self_training import SelfTraining
@@ -39,6 +39,8 @@ def train(cfg: Config) -> tuple[dict[str, float], dict[str, Any]]:
     datamodule.prepare_data_per_node = False  # one store for all nodes, built by rank 0
     if launch_rank() == 0:
         datamodule.prepare_data()  # fail on bad data now, before anything is written
+        if cfg.back_retrieval.enabled:  # e.g. source=unpaired on data without unpaired lists
+            check_source(cfg.back_retrieval.source, datamodule)
         dims = datamodule.dims
     else:  # started alongside rank 0 (srun, torchrun): wait until it has built the store
         dims = wait_for_rank0(lambda: _store_dims(datamodule), f"the store {datamodule.store_path}")
@@ -113,7 +115,8 @@ def build_callbacks(cfg: Config, run_dir: Path) -> tuple[RecallAtK, ModelCheckpo
             rank_threshold=st.rank_threshold, action=st.action, downweight=st.downweight,
             reassign_margin=st.reassign_margin, fallback=st.fallback,
             out_dir=run_dir / "pseudo_labels", batch_size=cfg.data.eval_batch_size,
-            chunk_size=cfg.eval.chunk_size,
+            chunk_size=cfg.eval.chunk_size, rule=st.rule, student=st.student,
+            ema_decay=st.ema_decay,
         ))
     br = cfg.back_retrieval
     if br.enabled:
@@ -121,7 +124,7 @@ def build_callbacks(cfg: Config, run_dir: Path) -> tuple[RecallAtK, ModelCheckpo
             every_n_epochs=br.every_n_epochs, start_epoch=br.start_epoch,
             rank_tolerance=br.rank_tolerance, similarity_floor=br.similarity_floor,
             weight=br.weight, max_new=br.max_new, batch_size=cfg.data.eval_batch_size,
-            chunk_size=cfg.eval.chunk_size,
+            chunk_size=cfg.eval.chunk_size, source=br.source,
         ))
     return recall, checkpoint, changes
 

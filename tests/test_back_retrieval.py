@@ -186,3 +186,50 @@ def test_inside_fit_with_self_training(noisy, tmp_path):
     assert [h["epoch"] for h in br.history] == [1, 2]
     assert float(trainer.callback_metrics["back_retrieval/added"]) == 90.0
     assert float(trainer.callback_metrics["back_retrieval/same_style"]) == 1.0
+
+
+# ----- the unpaired pool: a tiny pool with a known answer --------------------------------------
+
+
+def test_pool_back_retrieval_on_a_tiny_pool():
+    from lightning_app.callbacks.back_retrieval import pool_back_retrieve
+
+    # videos: pool PV0 = e0, PV1 ~ e1 + .2 e2, PV2 = e3; training TV0 = e1, TV1 = e2
+    videos = torch.stack([e(1, 0, 0, 0, 0), e(0, 1, .2, 0, 0), e(0, 0, 0, 1, 0),
+                          e(0, 1, 0, 0, 0), e(0, 0, 1, 0, 0)])
+    # songs: pool PS0 = e0 (PV0's hidden partner), PS1 ~ e3 + e4, PS2 ~ e2 + .1 e0;
+    # training TS0 = e1, TS1 = e2
+    songs = torch.stack([e(1, 0, 0, 0, 0), e(0, 0, 0, 1, 1), e(.1, 0, 1, 0, 0),
+                         e(0, 1, 0, 0, 0), e(0, 0, 1, 0, 0)])
+
+    def found(**kwargs):
+        args = {"rank_tolerance": 1, "similarity_floor": -1.0, "max_new": None,
+                "chunk_size": 2}
+        r = pool_back_retrieve(videos, songs, 3, 3, **{**args, **kwargs})
+        return r, list(zip(r.video_index.tolist(), r.music_index.tolist()))
+
+    # PV0 <-> PS0 (found from both sides, once); PV2 -> PS1 -> PV2. PV1's top song TS0 ranks
+    # TV0 first; PS2's top video TV1 ranks TS1 first: both need a tolerance of 2.
+    r, got = found()
+    assert got == [(0, 0), (2, 1)] and r.cycle_consistent == 2 and r.candidates == 2
+    np.testing.assert_allclose(r.scores, [1.0, 0.5 ** 0.5], rtol=1e-6)
+    _, got = found(rank_tolerance=2)
+    assert got == [(0, 0), (4, 2), (1, 3), (2, 1)]  # best score first
+    r, got = found(similarity_floor=0.8)
+    assert got == [(0, 0)] and r.cycle_consistent == 2 and r.candidates == 1
+    _, got = found(rank_tolerance=2, max_new=2)
+    assert got == [(0, 0), (4, 2)]
+    r = pool_back_retrieve(videos[3:], songs[3:], 0, 0, rank_tolerance=1,
+                           similarity_floor=0.0, max_new=None)
+    assert len(r.video_index) == 0 and r.cycle_consistent == 0
+
+
+def test_source_unpaired_needs_an_unpaired_list(noisy):
+    from lightning_app.callbacks.back_retrieval import check_source
+
+    dm = noisy[0]  # HIMV-200K: no unpaired lists
+    with pytest.raises(DataError, match="back_retrieval.source=split"):
+        check_source("unpaired", dm)
+    check_source("split", dm)
+    with pytest.raises(ValueError, match="source"):
+        BackRetrieval(source="elsewhere")

@@ -1,20 +1,27 @@
-"""SSVMR back retrieval (reconstruction): cycle-consistent video -> music -> video pairs.
+"""SSVMR back retrieval (reconstruction): cycle-consistent pairs join training.
 
 By analogy with back translation: after epoch `start_epoch` and every `every_n_epochs` epochs
-after it, the current model embeds the train split; every distinct training video retrieves
-its top song among the distinct training songs, and that song retrieves its top
-`rank_tolerance` videos. When the video is among them (the cycle closes), the similarity is
-at least `similarity_floor`, and (video id, music id) is not already a training pair, the pair
-becomes a candidate. The `max_new` best-scoring candidates become the datamodule's extra
-pairs (`set_extra_pairs`, weight `weight`), replacing the previous extras: each run re-decides
-the whole set with the newer model. Pairs are decided on global rank 0 and broadcast, so all
-ranks train on the same list. The callback owns the datamodule's extra pairs.
+after it, the current model embeds the candidates and keeps the cycle-consistent pairs at or
+above `similarity_floor` (lightning_app.callbacks.cycle_pairs), at most `max_new`, best first.
+They become the datamodule's extra pairs with loss weight `weight` (`set_extra_pairs`),
+replacing the previous extras: each run re-decides the whole set with the newer model.
+
+`source=unpaired` (default): the dataset's unpaired videos and songs (lists beside the splits,
+e.g. MVD's splits/unpaired_videos.csv and unpaired_music.csv) are the monolingual data: each
+unpaired video retrieves its top song among the unpaired AND training songs, each unpaired
+song its top video among all videos, and the pair joins when the partner retrieves it back.
+A dataset without such lists is an error naming the fix (`source=split`). `source=split`:
+every distinct training video retrieves its top training song, and a new (video, song)
+combination of the split joins when the cycle closes.
+
+Pairs are decided on global rank 0 and broadcast, so all ranks train on the same list; they
+are kept by id in the checkpoint and re-applied on resume. Synthetic datasets' hidden truth
+measures the added pairs (same style; for the pool, the planted hidden pairs found).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,69 +30,42 @@ from pytorch_lightning.callbacks import Callback
 
 from datamodules.errors import DataError
 from datamodules.train_pairs import TrainPairs
-from lightning_app.callbacks.embedding import embed_train_split
+from lightning_app.callbacks.cycle_pairs import (
+    BackRetrieved,
+    PoolPairs,
+    back_retrieve,
+    pool_back_retrieve,
+)
+from lightning_app.callbacks.embedding import embed_loader, embed_train_split
 from lightning_app.callbacks.self_training import check_reloading, datamodule_of
 from lightning_app.callbacks.truth import PairTruth, fraction
-from lightning_app.retrieval import dedupe_by_key, topk_search
+from lightning_app.retrieval import dedupe_by_key
+
+__all__ = ["SOURCES", "BackRetrieval", "BackRetrieved", "PoolPairs", "back_retrieve",
+           "check_source", "pool_back_retrieve"]
 
 PREFIX = "back_retrieval"
+SOURCES = ("unpaired", "split")
 
 
-@dataclass
-class BackRetrieved:
-    video_rows: np.ndarray  # int64 [A], the added pairs, best score first
-    music_rows: np.ndarray  # int64 [A]
-    scores: np.ndarray  # float32 [A]
-    cycle_consistent: int  # videos whose cycle closes (before floor, existing pairs and cap)
-    candidates: int  # ... that also pass the floor and are new
-
-
-def back_retrieve(video: torch.Tensor, music: torch.Tensor, video_keys: torch.Tensor,
-                  music_keys: torch.Tensor, existing: tuple[np.ndarray, np.ndarray], *,
-                  rank_tolerance: int, similarity_floor: float, max_new: int | None,
-                  chunk_size: int = 4096) -> BackRetrieved:
-    """Cycle-consistent new pairs from train-row embeddings (video[n], music[n] = row n).
-
-    Videos and songs are de-duplicated by key (first row represents them); `existing` is the
-    current pairing as (video rows, music rows). Ties in retrieval go to the lowest key, and
-    candidates are ranked by score, then video key.
-    """
-    device = video.device
-    _, v_first, _ = dedupe_by_key(video_keys.to(device=device, dtype=torch.long))
-    m_unique, m_first, _ = dedupe_by_key(music_keys.to(device=device, dtype=torch.long))
-    videos, songs = video[v_first], music[m_first]
-    score, song = topk_search(videos, songs, 1, chunk_size=chunk_size)
-    score, song = score[:, 0], song[:, 0]
-    asked, slot = torch.unique(song, sorted=True, return_inverse=True)
-    k = min(rank_tolerance, videos.shape[0])
-    _, back = topk_search(songs[asked], videos, k, chunk_size=chunk_size)  # [S, k] video idx
-    mine = torch.arange(videos.shape[0], device=device)
-    cycle = (back[slot] == mine[:, None]).any(dim=1)
-    # Pairs by (video key, music key): keys are the dataset's id codes, so this compares ids.
-    n_music = int(m_unique.numel())
-    ex_v, ex_m = (torch.as_tensor(x, dtype=torch.long) for x in existing)
-    have = video_keys.cpu()[ex_v] * n_music + music_keys.cpu()[ex_m]
-    vkey, mkey = video_keys.to(device)[v_first], m_unique[song]
-    new = ~torch.isin((vkey * n_music + mkey).cpu(), have).to(device)
-    ok = cycle & (score >= similarity_floor) & new
-    chosen = torch.nonzero(ok).reshape(-1)
-    order = torch.sort(score[chosen], descending=True, stable=True).indices
-    chosen = chosen[order]
-    if max_new is not None:
-        chosen = chosen[:max_new]
-    return BackRetrieved(
-        video_rows=v_first[chosen].cpu().numpy().astype(np.int64),
-        music_rows=m_first[song[chosen]].cpu().numpy().astype(np.int64),
-        scores=score[chosen].cpu().numpy().astype(np.float32),
-        cycle_consistent=int(cycle.sum()),
-        candidates=int(ok.sum()),
-    )
+def check_source(source: str, datamodule: Any) -> None:
+    """DataError unless `source` can run on this (prepared) datamodule."""
+    if source not in SOURCES:
+        raise DataError(f"back_retrieval.source={source!r}: choose from {', '.join(SOURCES)}")
+    if source == "unpaired" and not any(datamodule.unpaired_ids(side)
+                                        for side in ("video", "music")):
+        raise DataError(
+            f"back_retrieval.source=unpaired: the dataset at {datamodule.root} has no "
+            "unpaired videos or songs (MVD layout: splits/unpaired_videos.csv, "
+            "splits/unpaired_music.csv); set back_retrieval.source=split to mine the "
+            "training split instead")
 
 
 class BackRetrieval(Callback):
     def __init__(self, every_n_epochs: int = 1, start_epoch: int = 0, rank_tolerance: int = 1,
                  similarity_floor: float = 0.0, weight: float = 1.0,
-                 max_new: int | None = None, batch_size: int = 1024, chunk_size: int = 4096):
+                 max_new: int | None = None, batch_size: int = 1024, chunk_size: int = 4096,
+                 source: str = "split"):
         for name, value, low in (("every_n_epochs", every_n_epochs, 1),
                                  ("start_epoch", start_epoch, 0),
                                  ("rank_tolerance", rank_tolerance, 1),
@@ -98,6 +78,9 @@ class BackRetrieval(Callback):
             raise ValueError(f"back_retrieval.weight={weight!r} must be finite and >= 0")
         if not math.isfinite(similarity_floor):
             raise ValueError(f"back_retrieval.similarity_floor={similarity_floor!r} must be finite")
+        if source not in SOURCES:
+            raise ValueError(f"back_retrieval.source={source!r}: choose from {', '.join(SOURCES)}")
+        self.source = source
         self.every_n_epochs, self.start_epoch = int(every_n_epochs), int(start_epoch)
         self.rank_tolerance, self.similarity_floor = int(rank_tolerance), float(similarity_floor)
         self.weight = float(weight)
@@ -118,6 +101,7 @@ class BackRetrieval(Callback):
     def on_fit_start(self, trainer, pl_module) -> None:
         dm = datamodule_of(trainer, "BackRetrieval")
         check_reloading(trainer, "BackRetrieval")
+        check_source(self.source, dm)
         self._reapply(dm)
 
     def on_train_start(self, trainer, pl_module) -> None:
@@ -134,6 +118,8 @@ class BackRetrieval(Callback):
 
     def run(self, trainer, pl_module) -> dict[str, float]:
         """Find cycle-consistent pairs with the current model and set them as extra pairs."""
+        if self.source == "unpaired":
+            return self.run_unpaired(trainer, pl_module)
         dm = datamodule_of(trainer, "BackRetrieval")
         dataset = dm.datasets["train"]
         emb = embed_train_split(trainer, pl_module, dataset, self.batch_size)
@@ -160,10 +146,51 @@ class BackRetrieval(Callback):
         n = len(result.video_rows)
         weights = np.full(n, self.weight, dtype=np.float32)
         dm.set_extra_pairs(TrainPairs(result.video_rows, result.music_rows, weights) if n else None)
-        self.extra = {"fingerprint": dm.store_fingerprint,
+        self.extra = {"fingerprint": dm.store_fingerprint, "source": "split",
                       "video_ids": [dataset.ids[v] for v in result.video_rows],
                       "music_ids": [dataset.music_ids[m] for m in result.music_rows],
                       "weight": self.weight}
+        return self._record(trainer, result, metrics)
+
+    def run_unpaired(self, trainer, pl_module) -> dict[str, float]:
+        """Partners for the unpaired pool among pool and training items (module docstring)."""
+        dm = datamodule_of(trainer, "BackRetrieval")
+        dataset = dm.datasets["train"]
+        emb = embed_train_split(trainer, pl_module, dataset, self.batch_size)
+        device = emb["video"].device
+        _, v_first, _ = dedupe_by_key(dataset.video_keys.to(device))
+        _, m_first, _ = dedupe_by_key(dataset.music_keys.to(device))
+        pool_ids = {side: dm.unpaired_ids(side) for side in ("video", "music")}
+        pool = {side: embed_loader(trainer, pl_module, dm.unpaired_dataloader(side,
+                                                                           self.batch_size),
+                                   side, emb[side].shape[1], device)
+                for side in ("video", "music")}
+        videos = torch.cat([pool["video"], emb["video"][v_first]])
+        songs = torch.cat([pool["music"], emb["music"][m_first]])
+        result = pool_back_retrieve(videos, songs, len(pool_ids["video"]),
+                                    len(pool_ids["music"]), rank_tolerance=self.rank_tolerance,
+                                    similarity_floor=self.similarity_floor,
+                                    max_new=self.max_new, chunk_size=self.chunk_size)
+        result = trainer.strategy.broadcast(result, src=0)  # rank 0 decides for everyone
+        n_v, n_m = len(pool_ids["video"]), len(pool_ids["music"])
+        v_first, m_first = v_first.cpu().numpy(), m_first.cpu().numpy()
+        video_ids = [pool_ids["video"][i] if i < n_v else dataset.ids[v_first[i - n_v]]
+                     for i in result.video_index.tolist()]
+        music_ids = [pool_ids["music"][j] if j < n_m else dataset.music_ids[m_first[j - n_m]]
+                     for j in result.music_index.tolist()]
+        metrics = {"cycle_consistent": float(result.cycle_consistent),
+                   "candidates": float(result.candidates), "added": float(len(video_ids)),
+                   "pool_videos_paired": float((result.video_index < n_v).sum()),
+                   "pool_songs_paired": float((result.music_index < n_m).sum())}
+        metrics.update(pool_truth_metrics(dm.root, video_ids, music_ids))
+        n = len(video_ids)
+        dm.set_extra_pairs(dm.pairs_from_ids(video_ids, music_ids, np.full(n, self.weight))
+                           if n else None)
+        self.extra = {"fingerprint": dm.store_fingerprint, "source": "unpaired",
+                      "video_ids": video_ids, "music_ids": music_ids, "weight": self.weight}
+        return self._record(trainer, result, metrics)
+
+    def _record(self, trainer, result: Any, metrics: dict[str, float]) -> dict[str, float]:
         self.last_result = result
         self.history.append({**metrics, "epoch": int(trainer.current_epoch),
                              "global_step": int(trainer.global_step)})
@@ -182,6 +209,11 @@ class BackRetrieval(Callback):
                 f"back retrieval: the checkpoint's extra pairs were made for store "
                 f"{extra['fingerprint']}, not this store {dm.store_fingerprint}"
             )
+        n = len(extra["video_ids"])
+        if extra.get("source", "split") == "unpaired":
+            dm.set_extra_pairs(dm.pairs_from_ids(extra["video_ids"], extra["music_ids"],
+                                                 np.full(n, extra["weight"])))
+            return
         dataset = dm.datasets["train"]
         videos, musics = _first_rows(dataset.ids), _first_rows(dataset.music_ids)
         missing = [i for i in extra["video_ids"] if i not in videos]
@@ -189,7 +221,6 @@ class BackRetrieval(Callback):
         if missing:
             raise DataError(f"back retrieval: checkpoint names id {missing[0]!r}, which is not "
                             "in the train split")
-        n = len(extra["video_ids"])
         dm.set_extra_pairs(TrainPairs(np.array([videos[i] for i in extra["video_ids"]]),
                                       np.array([musics[i] for i in extra["music_ids"]]),
                                       np.full(n, extra["weight"], dtype=np.float32)))
@@ -204,6 +235,20 @@ class BackRetrieval(Callback):
         self.history = [dict(h) for h in state_dict.get("history", [])]
         self.extra = state_dict.get("extra")
         self._pending = True
+
+
+def pool_truth_metrics(root: Any, video_ids: list[str], music_ids: list[str]) -> dict[str, float]:
+    """Against a synthetic pool's planted hidden pairs (measuring only): the fraction of added
+    pairs that are hidden pairs, and the fraction of hidden pairs added. {} without truth."""
+    from datamodules.synthetic.truth import PoolTruth
+
+    truth = PoolTruth.load(root)
+    if truth is None:
+        return {}
+    hidden = sum(1 for v in truth.ids("video") if truth.partner(v))
+    hits = sum(truth.hidden_pair(v, m) for v, m in zip(video_ids, music_ids))
+    return {"hidden_pair_precision": fraction(hits, len(video_ids)),
+            "hidden_pair_recall": fraction(hits, hidden)}
 
 
 def _first_rows(ids: list[str]) -> dict[str, int]:

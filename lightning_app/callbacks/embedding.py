@@ -85,3 +85,23 @@ def embed_train_split(trainer: Any, pl_module: Any, dataset: Any, batch_size: in
             f"embed_train_split: gathered {out['index'].shape[0]} of {len(dataset)} rows"
         )
     return {"video": out["video"], "music": out["music"]}
+
+
+def embed_loader(trainer: Any, pl_module: Any, loader: Any, side: str, dim: int,
+                 device: torch.device) -> torch.Tensor:
+    """[N, dim] float32 embeddings of one side ("video"/"music") of every batch of `loader`,
+    in loader order (no gather: every process reads the whole loader). None -> [0, dim]."""
+    if loader is None:
+        return torch.zeros(0, dim, device=device)
+    plugin = getattr(trainer, "precision_plugin", None)
+    encode = pl_module.encode_video if side == "video" else pl_module.encode_music
+    out = []
+    with _evaluating(pl_module, loader.dataset):
+        for batch in loader:
+            batch = move_data_to_device(batch, pl_module.device)
+            if plugin is not None:
+                batch = plugin.convert_input(batch)
+            context = plugin.forward_context() if plugin is not None else contextlib.nullcontext()
+            with context:
+                out.append(encode(batch).float())
+    return torch.cat(out).to(device) if out else torch.zeros(0, dim, device=device)

@@ -1,122 +1,59 @@
-"""SSVMR self-training (reconstruction): score every training pair, clean the noisy ones.
+"""SSVMR self-training as teacher/student (reconstruction): score every pair, clean the noisy.
 
-Every `epochs_per_round` epochs (until `rounds` rounds are done) the current model embeds the
-train split and, for each ORIGINAL pair (row i's video with row i's music, never the current
-pseudo-labels, so an early mistake cannot compound), ranks the paired song among all distinct
-training songs. A pair whose song ranks beyond `rank_threshold` is flagged and then dropped,
-down-weighted (weight = `downweight`), or re-assigned to the model's top song when that song is
-not the paired one and outscores it by more than `reassign_margin` (otherwise `fallback`:
-downweight, drop or keep). The cleaned list is written by global rank 0 to
-`<out_dir>/round_<r>.jsonl` (r = 1, 2, ...; atomic), every rank reads it back after a barrier
-and hands it to the datamodule (`set_train_pairs`), so the next epoch's train loader (with
-`reload_dataloaders_every_n_epochs=1`) trains on it. Reading the file back, rather than each
-rank using its own copy, guarantees that all ranks train on identical pairs, and resuming
-from a checkpoint re-applies the same file (checked against the store fingerprint).
+Every `epochs_per_round` epochs (until `rounds` rounds are done) a TEACHER embeds the train
+split and decides every ORIGINAL pair (row i's video with row i's music, never the current
+pseudo-labels, so an early mistake cannot compound): flag, then keep, drop, down-weight or
+re-assign (lightning_app.callbacks.pair_cleaning; rules `margin` or `cycle`). Who is the
+teacher and who learns from the cleaned list (`student`):
+
+- `continue`: the model scores its own pairs and keeps training (the simplest reading);
+- `reinit`: the model scores, then the student restarts from the run's initial weights with a
+  fresh optimizer state (the LR schedule runs on) and learns from the cleaned labels, so the
+  teacher's memorised noise is not carried over (classic self-training);
+- `ema`: an exponential moving average of the model's weights (`ema_decay`, per training
+  step; lightning_app.callbacks.teacher) scores the pairs; the model keeps training.
+
+The cleaned list is written by global rank 0 to `<out_dir>/round_<r>.jsonl` (r = 1, 2, ...;
+atomic), every rank reads it back after a barrier and hands it to the datamodule
+(`set_train_pairs`), so the next epoch's train loader (with `reload_dataloaders_every_n_epochs=1`)
+trains on it. Reading the file back, rather than each rank using its own copy, guarantees that
+all ranks train on identical pairs, and resuming from a checkpoint re-applies the same file
+(checked against the store fingerprint); the EMA teacher and the initial weights are part of
+the callback's checkpoint state.
 
 Synthetic datasets carry a hidden truth file; when present, flag precision/recall against the
-planted noisy pairs and the accuracy of re-assignments are logged (measuring only).
+planted noisy pairs and the accuracy of re-assignments are logged per round (measuring only).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities import rank_zero_warn
 
 from datamodules.pseudo_labels import read_pseudo_labels, write_pseudo_labels
-from datamodules.train_pairs import TrainPairs
 from lightning_app.callbacks.embedding import embed_train_split
-from lightning_app.callbacks.truth import PairTruth, fraction
-from lightning_app.retrieval import dedupe_by_key, single_positive_ranks, topk_search
+from lightning_app.callbacks.pair_cleaning import (
+    ACTIONS,
+    FALLBACKS,
+    OUTCOMES,
+    RULES,
+    Cleaning,
+    clean_pairs,
+    measure,
+)
+from lightning_app.callbacks.teacher import EMATeacher, snapshot, swapped_in
+from lightning_app.callbacks.truth import PairTruth
 
-ACTIONS = ("drop", "downweight", "reassign")
-FALLBACKS = ("downweight", "drop", "keep")
-OUTCOMES = ("kept", "downweighted", "dropped", "reassigned")
+__all__ = ["ACTIONS", "FALLBACKS", "OUTCOMES", "RULES", "STUDENTS", "Cleaning", "SelfTraining",
+           "check_reloading", "clean_pairs", "datamodule_of", "measure"]
+
+STUDENTS = ("continue", "reinit", "ema")
 PREFIX = "self_training"
-
-
-@dataclass
-class Cleaning:
-    """One round's decisions; arrays are per original pair (train row) unless noted."""
-
-    ranks: np.ndarray  # int64 [N], rank of the paired song among distinct training songs
-    flagged: np.ndarray  # bool [N]
-    outcome: np.ndarray  # str [N], one of OUTCOMES
-    music_rows: np.ndarray  # int64 [N], music row after cleaning (the row itself unless moved)
-    weights: np.ndarray  # float32 [N]
-
-    @property
-    def pairs(self) -> TrainPairs:
-        """The training list: every pair not dropped, in row order."""
-        keep = np.flatnonzero(self.outcome != "dropped")
-        return TrainPairs(keep, self.music_rows[keep], self.weights[keep])
-
-    @property
-    def status(self) -> list[str]:
-        return [str(s) for s in self.outcome[self.outcome != "dropped"]]
-
-    def counts(self) -> dict[str, int]:
-        out = {"flagged": int(self.flagged.sum())}
-        out.update({name: int((self.outcome == name).sum()) for name in OUTCOMES})
-        return out
-
-
-def clean_pairs(video: torch.Tensor, music: torch.Tensor, music_keys: torch.Tensor, *,
-                rank_threshold: int, action: str, downweight: float, reassign_margin: float,
-                fallback: str, chunk_size: int = 4096) -> Cleaning:
-    """Decide every original pair (row i: video[i] with music[i]) from the embeddings.
-
-    Songs are de-duplicated by `music_keys` (each represented by its first row), so a song
-    used by several videos competes once. Ranks follow lightning_app.retrieval (ties count
-    against the pair); the top song is `topk_search`'s (ties: lowest song key first).
-    """
-    n = video.shape[0]
-    keys = music_keys.to(device=video.device, dtype=torch.long)
-    _, first, inverse = dedupe_by_key(keys)
-    gallery = music[first]
-    ranks = single_positive_ranks(video, gallery, inverse, chunk_size=chunk_size).cpu().numpy()
-    flagged = ranks > rank_threshold
-    outcome = np.full(n, "kept", dtype=object)
-    music_rows = np.arange(n, dtype=np.int64)
-    weights = np.ones(n, dtype=np.float32)
-    rest = flagged
-    if action == "reassign":
-        top_score, top = topk_search(video, gallery, 1, chunk_size=chunk_size)
-        paired_score = (video.float() * gallery[inverse].float()).sum(dim=1)
-        move = (top[:, 0] != inverse) & (top_score[:, 0] - paired_score > reassign_margin)
-        move = flagged & move.cpu().numpy()
-        music_rows[move] = first[top[:, 0]].cpu().numpy()[move]
-        outcome[move] = "reassigned"
-        rest = flagged & ~move
-        action = fallback
-    if action == "drop":
-        outcome[rest] = "dropped"
-    elif action == "downweight":
-        outcome[rest] = "downweighted"
-        weights[rest] = downweight
-    return Cleaning(ranks.astype(np.int64), flagged, outcome, music_rows, weights)
-
-
-def measure(result: Cleaning, video_ids: list[str], music_ids: list[str],
-            truth: PairTruth) -> dict[str, float]:
-    """Flag precision/recall against the planted noisy pairs; accuracy of re-assignments."""
-    noisy = truth.noisy(video_ids)
-    hits = int((result.flagged & noisy).sum())
-    moved = np.flatnonzero(result.outcome == "reassigned")
-    right = sum(truth.song(music_ids[result.music_rows[i]]) == truth.true_music(video_ids[i])
-                for i in moved)
-    return {
-        "flag_precision": fraction(hits, int(result.flagged.sum())),
-        "flag_recall": fraction(hits, int(noisy.sum())),
-        "reassign_accuracy": fraction(right, len(moved)),
-        "noisy": float(noisy.sum()),
-    }
 
 
 def datamodule_of(trainer: Any, who: str) -> Any:
@@ -143,7 +80,8 @@ class SelfTraining(Callback):
                  action: str = "downweight", downweight: float = 0.1,
                  reassign_margin: float = 0.0, fallback: str = "downweight",
                  out_dir: str | Path = "pseudo_labels", batch_size: int = 1024,
-                 chunk_size: int = 4096):
+                 chunk_size: int = 4096, rule: str = "margin", student: str = "continue",
+                 ema_decay: float = 0.9):
         for name, value, low in (("epochs_per_round", epochs_per_round, 1), ("rounds", rounds, 0),
                                  ("rank_threshold", rank_threshold, 1),
                                  ("batch_size", batch_size, 1), ("chunk_size", chunk_size, 1)):
@@ -158,10 +96,18 @@ class SelfTraining(Callback):
             raise ValueError(f"self_training.downweight={downweight!r} must be finite and >= 0")
         if not math.isfinite(reassign_margin):
             raise ValueError(f"self_training.reassign_margin={reassign_margin!r} must be finite")
+        if rule not in RULES:
+            raise ValueError(f"self_training.rule={rule!r}: choose from {', '.join(RULES)}")
+        if student not in STUDENTS:
+            raise ValueError(
+                f"self_training.student={student!r}: choose from {', '.join(STUDENTS)}")
         self.epochs_per_round, self.rounds = int(epochs_per_round), int(rounds)
         self.rank_threshold, self.action = int(rank_threshold), action
         self.downweight, self.reassign_margin = float(downweight), float(reassign_margin)
-        self.fallback = fallback
+        self.fallback, self.rule, self.student = fallback, rule, student
+        self.teacher = EMATeacher(ema_decay) if student == "ema" else None
+        # reinit: the weights every student restarts from (the run's initial weights).
+        self.initial: dict[str, torch.Tensor] | None = None
         self.out_dir = Path(out_dir)
         self.batch_size, self.chunk_size = int(batch_size), int(chunk_size)
         self.round = 0  # rounds completed
@@ -175,7 +121,7 @@ class SelfTraining(Callback):
         return {"epochs_per_round": self.epochs_per_round, "rounds": self.rounds,
                 "rank_threshold": self.rank_threshold, "action": self.action,
                 "downweight": self.downweight, "reassign_margin": self.reassign_margin,
-                "fallback": self.fallback}
+                "fallback": self.fallback, "rule": self.rule, "student": self.student}
 
     # ----- hooks ------------------------------------------------------------------------------
 
@@ -183,6 +129,12 @@ class SelfTraining(Callback):
         dm = datamodule_of(trainer, "SelfTraining")
         check_reloading(trainer, "SelfTraining")
         self._reapply(dm)
+        if self.student == "reinit" and self.initial is None:  # not restored: a fresh run
+            self.initial = snapshot(pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.teacher is not None:
+            self.teacher.update(pl_module)
 
     def on_train_start(self, trainer, pl_module) -> None:
         # Strategies that restore after setup load our state after on_fit_start.
@@ -192,6 +144,8 @@ class SelfTraining(Callback):
         if self.round >= self.rounds or (trainer.current_epoch + 1) % self.epochs_per_round:
             return
         metrics = self.run_round(trainer, pl_module)
+        if self.student == "reinit":
+            self.restart_student(trainer, pl_module)
         pl_module.log_dict({f"{PREFIX}/{k}": float(v) for k, v in metrics.items()},
                            sync_dist=False, rank_zero_only=False)
 
@@ -201,11 +155,17 @@ class SelfTraining(Callback):
         """Clean the original pairs with the current model and apply them; every rank calls it."""
         dm = datamodule_of(trainer, "SelfTraining")
         dataset = dm.datasets["train"]
-        emb = embed_train_split(trainer, pl_module, dataset, self.batch_size)
+        teacher = None if self.teacher is None else self.teacher.state
+        if teacher is None:  # continue / reinit (or an EMA that has seen no step yet)
+            emb = embed_train_split(trainer, pl_module, dataset, self.batch_size)
+        else:
+            with swapped_in(pl_module, teacher):
+                emb = embed_train_split(trainer, pl_module, dataset, self.batch_size)
         result = clean_pairs(emb["video"], emb["music"], dataset.music_keys,
                              rank_threshold=self.rank_threshold, action=self.action,
                              downweight=self.downweight, reassign_margin=self.reassign_margin,
-                             fallback=self.fallback, chunk_size=self.chunk_size)
+                             fallback=self.fallback, rule=self.rule,
+                             video_keys=dataset.video_keys, chunk_size=self.chunk_size)
         r = self.round + 1
         if not len(result.pairs):
             raise RuntimeError(
@@ -230,6 +190,14 @@ class SelfTraining(Callback):
                              "global_step": int(trainer.global_step), "file": str(path)})
         return metrics
 
+    def restart_student(self, trainer, pl_module) -> None:
+        """Back to the initial weights, with every optimizer's state (moments, steps) cleared."""
+        if self.initial is None:
+            raise RuntimeError("SelfTraining(student='reinit'): no initial weights recorded")
+        pl_module.load_state_dict(self.initial)
+        for optimizer in getattr(trainer, "optimizers", []):
+            optimizer.state.clear()
+
     def _load_truth(self, path: Path | None, ids: list[str],
                     music_ids: list[str]) -> PairTruth | None:
         key = str(path)
@@ -247,12 +215,18 @@ class SelfTraining(Callback):
 
     def state_dict(self) -> dict[str, Any]:
         return {"round": self.round, "current_file": self.current_file,
-                "history": [dict(h) for h in self.history], "settings": self._settings()}
+                "history": [dict(h) for h in self.history], "settings": self._settings(),
+                "teacher": None if self.teacher is None else self.teacher.state_dict(),
+                "initial": None if self.initial is None else dict(self.initial)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.round = int(state_dict["round"])
         self.current_file = state_dict.get("current_file")
         self.history = [dict(h) for h in state_dict.get("history", [])]
+        if self.teacher is not None and state_dict.get("teacher") is not None:
+            self.teacher.load_state_dict(state_dict["teacher"])
+        if self.student == "reinit" and state_dict.get("initial") is not None:
+            self.initial = {k: v.clone() for k, v in state_dict["initial"].items()}
         saved = state_dict.get("settings", {})
         changed = {k: (v, saved[k]) for k, v in self._settings().items()
                    if k in saved and saved[k] != v}

@@ -183,6 +183,14 @@ class SelfTrainingConfig:
     # Re-assign only when the top song beats the paired one by this cosine margin.
     reassign_margin: float = 0.1
     fallback: str = choice("downweight", ("downweight", "drop", "keep"))
+    # Pseudo-label of a flagged pair: the top song when it beats the paired one by
+    # `reassign_margin` (margin) or when video -> top song -> top video closes (cycle).
+    rule: str = choice("margin", ("margin", "cycle"))
+    # Who scores and who learns: the model itself (continue), a student restarted from the
+    # initial weights after each round (reinit), or an EMA teacher of the weights (ema).
+    student: str = choice("continue", ("continue", "reinit", "ema"))
+    # EMA teacher: per-step decay of the moving average (student=ema).
+    ema_decay: float = 0.9
 
 
 @dataclass
@@ -190,6 +198,9 @@ class BackRetrievalConfig:
     """Back-retrieval augmentation: cycle-consistent video -> music -> video pairs."""
 
     enabled: bool = False
+    # unpaired: partners for the dataset's unpaired videos and songs (back translation's
+    # monolingual data; needs an unpaired list); split: new pairs inside the training split.
+    source: str = choice("unpaired", ("unpaired", "split"))
     every_n_epochs: int = 4
     start_epoch: int = 4
     rank_tolerance: int = 1

@@ -113,6 +113,8 @@ def validate(cfg: Config) -> None:
         ("self_training.rank_threshold", cfg.self_training.rank_threshold >= 1, "must be >= 1"),
         ("self_training.downweight", 0.0 <= cfg.self_training.downweight <= 1.0,
          "must be in [0, 1]"),
+        ("self_training.ema_decay", 0.0 <= cfg.self_training.ema_decay < 1.0,
+         "must be in [0, 1)"),
         ("back_retrieval.every_n_epochs", cfg.back_retrieval.every_n_epochs >= 1,
          "must be >= 1"),
         ("back_retrieval.rank_tolerance", cfg.back_retrieval.rank_tolerance >= 1,
