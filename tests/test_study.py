@@ -199,3 +199,19 @@ def test_t_quantiles_without_scipy_match_scipy():
     ref = scipy.stats.t.interval(0.95, 2, loc=np.mean(xs), scale=scipy.stats.sem(xs))
     assert (lo, hi) == pytest.approx(ref)
     assert stats.ci95([0.3]) is None and stats.std([0.3]) is None and stats.mean([]) is None
+
+
+def test_report_survives_a_control_without_finished_runs(tmp_path):
+    from lightning_app.study_report import write_report
+
+    folder, values = fake_study(tmp_path)
+    manifest = Manifest.read(folder)
+    for run in manifest.runs:
+        if run.arm == "ctl":
+            (run.root(folder) / "quickstart" / "20260101-000000" / "metrics.json").unlink()
+    report = write_report(manifest, folder)
+    assert report["arms"]["ctl"]["n"] == 0 and report["arms"]["ctl"]["metrics"] == {}
+    assert report["arms"]["a"]["n"] == 4
+    assert report["arms"]["a"]["diff_to_control"]["test/v2m/R@1"] == {"mean": None,
+                                                                      "ci95": None}
+    assert "| test/v2m/R@1 | - |" in (folder / "report.md").read_text()
