@@ -281,7 +281,11 @@ class HIMV200KDataModule(StoreDataModule):
 
         settings = dict(self.synthetic or {})
         missing = settings.pop("missing", 0.0)
+        shared = float(settings.pop("shared_songs", 0.0))
+        if not 0.0 <= shared < 1.0:
+            raise DataError(f"data.synthetic.shared_songs={shared} must be in [0, 1)")
         spec = planted_spec(settings)
-        wanted = {"dataset": "himv200k", "missing": missing, **dataclasses.asdict(spec)}
-        ensure_synthetic(self.root, wanted,
-                         lambda: write_himv200k(spec, self.root, missing=missing), "himv200k")
+        wanted = {"dataset": "himv200k", "missing": missing, "shared_songs": shared,
+                  **dataclasses.asdict(spec)}
+        ensure_synthetic(self.root, wanted, lambda: write_himv200k(
+            spec, self.root, missing=missing, shared_songs=shared), "himv200k")

@@ -393,10 +393,14 @@ class YouTube8MDataModule(StoreDataModule):
         extra = {"shards": int(settings.pop("shards", 4)),
                  "non_music": float(settings.pop("non_music", 0.25)),
                  "missing": float(settings.pop("missing", 0.0)),
+                 "shared_songs": float(settings.pop("shared_songs", 0.0)),
                  # Text embeddings only when asked for (the registry asks when the model reads
                  # precomputed text), so existing synthetic roots and stores stay as they are.
                  "text_emb_dim": int(settings.pop("text_emb_dim", 0))}
         settings.update(music_dim=128, video_dim=1024)
+        if not 0.0 <= extra["shared_songs"] < 1.0:
+            raise DataError(f"data.synthetic.shared_songs={extra['shared_songs']} must be in "
+                            "[0, 1)")
         spec = planted_spec(settings)
         wanted = {"dataset": "youtube8m", **extra, **dataclasses.asdict(spec)}
         if not (spec.text and extra["text_emb_dim"] > 0):

@@ -80,9 +80,18 @@ def _cmd_synth(args: argparse.Namespace) -> int:
                            tau=args.tau, noise=args.noise, seed=args.seed,
                            music_frames=args.frames, video_frames=args.frames, span=args.span,
                            feature_noise=args.feature_noise, text=args.text,
-                           filler=args.filler, min_frames=args.min_frames)
+                           filler=args.filler, min_frames=args.min_frames, share=args.share,
+                           train_pairs=args.train_pairs, near_duplicates=args.near_duplicates,
+                           near_duplicate_scale=args.near_duplicate_scale)
     except ValueError as e:
         raise ConfigError(f"vmr synth: {e}") from None
+    shared = args.shared_songs
+    if shared is None:
+        from datamodules.synthetic.mvd import SHARED_SONGS
+
+        shared = SHARED_SONGS if args.dataset == "mvd" else 0.0
+    if not 0.0 <= shared < 1.0:
+        raise ConfigError(f"vmr synth: --shared-songs={shared} must be in [0, 1)")
     if not 0.0 <= args.missing < 1.0:
         raise ConfigError(f"vmr synth: --missing={args.missing} must be in [0, 1)")
     if args.dataset != "mvd" and (args.unpaired_videos or args.unpaired_music):
@@ -96,7 +105,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
         spec = dataclasses.replace(spec, music_dim=128, video_dim=1024)
         out = write_youtube8m(spec, args.out, shards=args.shards, text=args.text,
-                              non_music=args.non_music, missing=args.missing)
+                              non_music=args.non_music, missing=args.missing,
+                              shared_songs=shared)
     elif args.dataset == "mvd":
         from datamodules.synthetic.mvd import MUSIC_DIM, VIDEO_DIM, write_mvd
 
@@ -104,14 +114,15 @@ def _cmd_synth(args: argparse.Namespace) -> int:
             raise ConfigError("vmr synth: --missing is not supported for mvd (it is curated)")
         spec = dataclasses.replace(spec, music_dim=MUSIC_DIM, video_dim=VIDEO_DIM)
         try:
-            out = write_mvd(spec, args.out, shared_songs=args.shared_songs,
+            out = write_mvd(spec, args.out, shared_songs=shared,
                             unpaired_videos=args.unpaired_videos,
                             unpaired_music=args.unpaired_music,
                             unpaired_linked=args.unpaired_linked)
         except ValueError as e:
             raise ConfigError(f"vmr synth: {e}") from None
     else:
-        out = write_himv200k(spec, args.out, missing=args.missing, music_format=args.music_format)
+        out = write_himv200k(spec, args.out, missing=args.missing, music_format=args.music_format,
+                             shared_songs=shared)
     print(f"wrote synthetic {args.dataset} ({args.pairs} pairs, seed {args.seed}) to {out}")
     return 0
 
@@ -181,8 +192,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shards", type=int, default=4, help="youtube8m: TFRecord files per split")
     p.add_argument("--non-music", type=float, default=0.25,
                    help="youtube8m: extra records without the music-video label (fraction)")
-    p.add_argument("--shared-songs", type=float, default=0.1,
-                   help="mvd: fraction of videos whose song is another pair's")
+    p.add_argument("--shared-songs", type=float, default=None,
+                   help="fraction of videos whose song is another pair's (default: 0.1 for "
+                        "mvd, 0 otherwise)")
+    p.add_argument("--share", type=float, default=1.0,
+                   help="pair-specific content video and music share (1: all; 0: only the "
+                        "style, same-style items interchangeable)")
+    p.add_argument("--train-pairs", type=int, default=0,
+                   help="training pairs written (0: pairs - val - test); val/test unchanged")
+    p.add_argument("--near-duplicates", type=float, default=0.0,
+                   help="fraction of each split's pairs that nearly copy another pair")
+    p.add_argument("--near-duplicate-scale", type=float, default=0.1,
+                   help="a near copy's deviation, in units of --tau")
     p.add_argument("--filler", choices=("same", "background"), default="same",
                    help="what non-salient video frames show: other song content (same) or "
                         "content no song uses (background)")

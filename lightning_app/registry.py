@@ -8,6 +8,7 @@ from collections.abc import Callable
 from datamodules.base import StoreDataModule
 from datamodules.himv200k import HIMV200KDataModule
 from datamodules.mvd import MVDDataModule
+from datamodules.synthetic.mvd import SHARED_SONGS as MVD_SHARED_SONGS
 from datamodules.youtube8m import YouTube8MDataModule
 from lightning_app.config import Config, SynthConfig
 from lightning_app.errors import ConfigError
@@ -16,14 +17,22 @@ from models.iiclvm import IICLVM
 from models.ssvmr import SSVMR
 from models.vmnet import VMNet
 
+# data.synthetic.shared_songs left empty: MVD plants shared songs by default, the others not.
+DEFAULT_SHARED_SONGS = {"mvd": MVD_SHARED_SONGS}
 
-def synth_settings(s: SynthConfig) -> dict:
-    """SynthConfig -> PlantedSpec keyword arguments (+ `missing` for the writer)."""
+
+def synth_settings(s: SynthConfig, dataset: str = "himv200k") -> dict:
+    """SynthConfig -> PlantedSpec keyword arguments (+ `missing`, `shared_songs` for the
+    writer)."""
+    shared = s.shared_songs if s.shared_songs is not None else DEFAULT_SHARED_SONGS.get(dataset,
+                                                                                        0.0)
     return {
         "pairs": s.pairs, "val": s.val, "test": s.test, "styles": s.styles, "tau": s.tau,
         "noise": s.noise, "seed": s.seed, "music_frames": s.frames, "video_frames": s.frames,
         "span": s.span, "feature_noise": s.feature_noise, "missing": s.missing,
-        "filler": s.filler, "min_frames": s.min_frames,
+        "filler": s.filler, "min_frames": s.min_frames, "share": s.share,
+        "train_pairs": s.train_pairs, "near_duplicates": s.near_duplicates,
+        "near_duplicate_scale": s.near_duplicate_scale, "shared_songs": float(shared),
     }
 
 
@@ -32,7 +41,7 @@ def _himv200k(cfg: Config) -> StoreDataModule:
     return HIMV200KDataModule(
         d.root, d.store or None, batch_size=d.batch_size, eval_batch_size=d.eval_batch_size,
         num_workers=d.num_workers, val_size=d.val_size, test_size=d.test_size,
-        synthetic=synth_settings(d.synthetic) if d.synthetic.enabled else None,
+        synthetic=synth_settings(d.synthetic, "himv200k") if d.synthetic.enabled else None,
     )
 
 
@@ -40,7 +49,7 @@ def _youtube8m(cfg: Config) -> StoreDataModule:
     d = cfg.data
     synthetic = None
     if d.synthetic.enabled:
-        synthetic = synth_settings(d.synthetic)
+        synthetic = synth_settings(d.synthetic, "youtube8m")
         synthetic.update(text=d.synthetic.text, shards=d.synthetic.shards)
         # Synthetic text embeddings (`text_emb`) are generated only for a model that reads
         # them, with the model's dimension.
@@ -60,8 +69,7 @@ def _mvd(cfg: Config) -> StoreDataModule:
     d = cfg.data
     synthetic = None
     if d.synthetic.enabled:
-        synthetic = synth_settings(d.synthetic)
-        synthetic["shared_songs"] = d.synthetic.shared_songs
+        synthetic = synth_settings(d.synthetic, "mvd")
         synthetic.update(unpaired_videos=d.synthetic.unpaired_videos,
                          unpaired_music=d.synthetic.unpaired_music,
                          unpaired_linked=d.synthetic.unpaired_linked)

@@ -272,7 +272,8 @@ def test_write_himv200k_layout(tmp_path):
         np.testing.assert_array_equal(v, bench.video_vectors(np.array([i]))[0])
         np.testing.assert_array_equal(m, bench.music_vectors(np.array([i]))[0])
     settings = json.loads((out / "synth.json").read_text())
-    assert settings == {"dataset": "himv200k", "missing": 0.0, **dataclasses.asdict(SMALL)}
+    assert settings == {"dataset": "himv200k", "missing": 0.0, "shared_songs": 0.0,
+                        **dataclasses.asdict(SMALL)}
 
 
 def test_write_himv200k_forces_the_real_dimensions(tmp_path):

@@ -24,7 +24,11 @@ MARKER = "synth.json"
 # Generator settings newer than some synth.json files, with the defaults that reproduce the
 # older output byte for byte.
 ADDED_LATER = {"filler": "same", "min_frames": 0, "unpaired_videos": 0, "unpaired_music": 0,
-               "unpaired_linked": 0.5}
+               "unpaired_linked": 0.5,
+               # Benchmark conditions (datamodules.synthetic.conditions); HIMV-200K and
+               # YouTube-8M only record shared_songs since it applies to them too.
+               "share": 1.0, "train_pairs": 0, "near_duplicates": 0.0,
+               "near_duplicate_scale": 0.1, "shared_songs": 0.0}
 
 
 def planted_spec(settings: Mapping[str, Any]) -> PlantedSpec:

@@ -7,8 +7,12 @@
     <out>/truth.tsv, <out>/synth.json   hidden truth and the generator settings
 
 A fraction `missing` of ids gets no feature files, as deleted YouTube videos do in the
-real list. The folder is written atomically and replaces an earlier synthetic folder, but
-never a folder of other data (one without synth.json).
+real list. Music is named after the pair, so with `shared_songs` several music ids hold one
+song (the same clean content, each with its own per-frame noise: the same song cut from
+different videos); truth.tsv names each pair's song (`true_music_id`) and group. Training
+pairs left out by `spec.train_pairs` are not written (nor listed). The folder is written
+atomically and replaces an earlier synthetic folder, but never a folder of other data (one
+without synth.json).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ def write_himv200k(
     missing: float = 0.0,
     music_format: str = "npy",
     progress: bool = True,
+    shared_songs: float = 0.0,
 ) -> Path:
     if spec.music_dim != 1140 or spec.video_dim != 1024:
         spec = dataclasses.replace(spec, music_dim=1140, video_dim=1024)
@@ -43,15 +48,17 @@ def write_himv200k(
         raise ValueError(f"missing={missing} must be in [0, 1)")
     out = Path(out)
     refuse_other_data(out)
-    bench = PlantedBenchmark(spec)
+    bench = PlantedBenchmark(spec, shared_songs=shared_songs)
     n = spec.pairs
     drop = np.random.default_rng([spec.seed, 99]).random(n) < missing
+    drop |= ~bench.kept  # training pairs left out by `train_pairs` are not written at all
     with atomic_directory(out) as tmp:
         (tmp / "splits").mkdir()
         music_dir, video_dir = tmp / "features" / "music", tmp / "features" / "video"
         music_dir.mkdir(parents=True)
         video_dir.mkdir(parents=True)
-        (tmp / "Youtube_ID.txt").write_text("".join(f"{i}\n" for i in bench.ids))
+        kept_ids = [bench.ids[i] for i in np.flatnonzero(bench.kept)]
+        (tmp / "Youtube_ID.txt").write_text("".join(f"{i}\n" for i in kept_ids))
         for split in ("train", "val", "test"):
             ids = [bench.ids[i] for i in np.flatnonzero(bench.split == split)]
             (tmp / "splits" / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
@@ -72,6 +79,7 @@ def write_himv200k(
             bar.update(len(idx))
         bar.close()
         (tmp / TRUTH_FILE).write_text(truth_tsv(bench))
-        settings = {"dataset": "himv200k", "missing": missing, **dataclasses.asdict(spec)}
+        settings = {"dataset": "himv200k", "missing": missing, "shared_songs": shared_songs,
+                    **dataclasses.asdict(spec)}
         write_marker(tmp, settings)
     return out

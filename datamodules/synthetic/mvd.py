@@ -81,6 +81,7 @@ def write_mvd(
         bar = progress_bar(progress, total=n, desc=f"synth mvd -> {out}", unit="pair")
         for start in range(0, n, CHUNK):
             idx = np.arange(start, min(n, start + CHUNK))
+            idx = idx[bench.kept[idx]]  # training pairs left out by `train_pairs`: not written
             for i, frames in zip(idx, bench.video_frames(idx)):
                 np.save(video_dir / f"{bench.ids[i]}.npy", frames[: bench.video_length[i]])
             owners = idx[song[idx] == idx]

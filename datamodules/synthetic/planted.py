@@ -15,10 +15,14 @@ the truth is returned separately so writers can put it where loaders never look.
 per-video text draws tokens from the style's vocabulary. The defaults (`filler="same"`,
 `min_frames=0`) draw exactly what the generator drew before these options existed.
 
-Shared songs (MVD, where a song may serve several videos): with `shared_songs` > 0, that
-fraction of each split's pairs takes over the song of another pair of the same split
-(`song_source`), and with it that pair's content and style, so its video really shows the
-song's content. The default 0 draws nothing and changes nothing.
+Shared songs (all formats; MVD names the song once, HIMV-200K and YouTube-8M write it again
+under each pair's id, as the same song with the sharer's own per-frame noise): with
+`shared_songs` > 0, that fraction of each split's pairs takes over the song of another pair
+of the same split (`song_source`), and with it that pair's content and style, so its video
+really shows the song's content. The default 0 draws nothing and changes nothing.
+
+`share`, `near_duplicates` and `train_pairs` are described in `conditions`; at their
+defaults the data is exactly what it was before they existed.
 
 Everything is deterministic in `seed`; each component has its own random stream, so e.g.
 changing `pairs` does not change the feature maps. Dataset writers (HIMV-200K, YouTube-8M,
@@ -31,6 +35,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from datamodules.synthetic.conditions import (
+    PairLatents,
+    check_conditions,
+    groups,
+    plant_conditions,
+)
 from datamodules.synthetic.filler import FILLERS, background_centres, draw_filler
 from datamodules.synthetic.maps import FeatureMap, draw_lengths, draw_spans, item_noise, span_hidden
 
@@ -67,6 +77,12 @@ class PlantedSpec:
     filler: str = "same"
     # 0: every video has `video_frames` frames; else lengths uniform in [min_frames, video_frames].
     min_frames: int = 0
+    # Conditions (see `conditions`): pair-specific content shared by video and music (1: all,
+    # 0: only the style), training pairs kept (0: all), near copies of other pairs.
+    share: float = 1.0
+    train_pairs: int = 0
+    near_duplicates: float = 0.0
+    near_duplicate_scale: float = 0.1
 
     def __post_init__(self) -> None:
         if min(self.val, self.test) < 1:
@@ -93,6 +109,8 @@ class PlantedSpec:
             raise ValueError("text_vocab, text_style_tokens and text_length must be >= 1")
         if self.filler not in FILLERS:
             raise ValueError(f"filler={self.filler!r} must be one of {', '.join(FILLERS)}")
+        check_conditions(self.pairs - self.val - self.test, self.share, self.train_pairs,
+                         self.near_duplicates, self.near_duplicate_scale)
         if not 0 <= self.min_frames <= self.video_frames:
             raise ValueError(f"min_frames={self.min_frames} must be in [0, video_frames="
                              f"{self.video_frames}] (0: every video has video_frames frames)")
@@ -118,10 +136,8 @@ class PlantedBenchmark:
         rng = self._rng
         self.style_centres = rng("styles").normal(0.0, 1.0, (s.styles, s.content_dim))
         crng = rng("content")
-        self.style = crng.integers(0, s.styles, n)
-        self.content = self.style_centres[self.style] + s.tau * crng.normal(
-            0.0, 1.0, (n, s.content_dim)
-        )
+        latents = PairLatents.draw(s.seed, s.share, crng.integers(0, s.styles, n),
+                                   crng.normal(0.0, 1.0, (n, s.content_dim)))
         self.music_map = FeatureMap(rng("fm"), s.content_dim, s.hidden_dim, s.music_dim)
         self.video_map = FeatureMap(rng("fv"), s.content_dim, s.hidden_dim, s.video_dim)
         self.ids = self._make_ids(rng("ids"), n)
@@ -134,8 +150,13 @@ class PlantedBenchmark:
         self.song_source = np.arange(n)
         if shared_songs > 0:
             self.song_source = self._make_shared_songs(rng("shared"), shared_songs)
-            self.content = self.content[self.song_source]
-            self.style = self.style[self.song_source]
+        # Training subset (split "unused": drawn, never written), near duplicates
+        # (near_source[i]: the pair that pair i nearly copies, i if none); see `conditions`.
+        self.kept, self.song_source, self.near_source = plant_conditions(
+            s, self.split, self.song_source, shared_songs, latents)
+        self.style = latents.style
+        # What videos show inside their span / what the music shows (one array at share 1).
+        self.content, self.music_content = latents.contents(self.style_centres, s.tau, s.share)
         # The filler each video shows outside its span (the name predates `filler`).
         self.background = background_centres(s.seed, _STREAM["background"], s.styles,
                                              s.content_dim)
@@ -224,13 +245,13 @@ class PlantedBenchmark:
     def music_frames(self, idx: np.ndarray) -> np.ndarray:
         """Written music features [len(idx), Tm, Dm] (label noise applied)."""
         src = self.music_source[idx]
-        clean = self.music_map.output(self.music_map.hidden(self.content[src]))[:, None, :]
+        clean = self.music_map.output(self.music_map.hidden(self.music_content[src]))[:, None, :]
         noise = self._noise("music_noise", idx, (self.spec.music_frames, self.spec.music_dim))
         return (clean + noise * self.music_map.scale).astype(np.float32)
 
     def song_frames(self, idx: np.ndarray) -> np.ndarray:
         """The true song of each pair in `idx` (no label noise): [len(idx), Tm, Dm]."""
-        clean = self.music_map.output(self.music_map.hidden(self.content[idx]))[:, None, :]
+        clean = self.music_map.output(self.music_map.hidden(self.music_content[idx]))[:, None, :]
         noise = self._noise("music_noise", idx, (self.spec.music_frames, self.spec.music_dim))
         return (clean + noise * self.music_map.scale).astype(np.float32)
 
@@ -243,7 +264,7 @@ class PlantedBenchmark:
     def music_vectors(self, idx: np.ndarray) -> np.ndarray:
         """Mean over frames of `music_frames`, drawn directly: [len(idx), Dm]."""
         src = self.music_source[idx]
-        clean = self.music_map.output(self.music_map.hidden(self.content[src]))
+        clean = self.music_map.output(self.music_map.hidden(self.music_content[src]))
         noise = self._noise("music_noise", idx, (self.spec.music_dim,))
         noise /= np.sqrt(self.spec.music_frames)
         return (clean + noise * self.music_map.scale).astype(np.float32)
@@ -259,7 +280,9 @@ class PlantedBenchmark:
         return (clean + noise * self.video_map.scale).astype(np.float32)
 
     def truth_rows(self) -> list[dict]:
-        """One row per pair: what loaders must never see (style, true pairing, span)."""
+        """One row per written pair: what loaders must never see (style, true pairing, span,
+        near copies, multi-positive group)."""
+        near, group = self.near_source, groups(self.song_source, self.near_source)
         return [
             {
                 "id": self.ids[i],
@@ -270,6 +293,8 @@ class PlantedBenchmark:
                 "noisy": bool(self.noisy[i]),
                 "span_start": int(self.span_start[i]),
                 "span_length": int(self.span_length[i]),
+                "near_duplicate_of": self.ids[near[i]] if near[i] != i else "",
+                "group": self.ids[group[i]],
             }
-            for i in range(self.spec.pairs)
+            for i in np.flatnonzero(self.kept)
         ]

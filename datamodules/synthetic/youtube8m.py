@@ -13,7 +13,9 @@ Every planted pair is a music video: its labels are MUSIC_VIDEO_LABEL ("Music vi
 the planted (possibly noisy) music. A further `non_music` fraction of records carries only
 other labels; `datamodules.youtube8m` must filter them out. Lengths vary per video: most
 are full length, some shorter, a few only 1-2 seconds. A fraction `missing` of pairs is
-written without the `audio` list, as happens in real files.
+written without the `audio` list, as happens in real files. With `shared_songs` several
+records carry one song's audio (same content, their own per-frame noise); truth.tsv says
+which. Training pairs left out by `spec.train_pairs` are not written.
 
 Quantisation: YouTube-8M stores PCA-whitened features as uint8 codes of values clipped to
 [-2, 2]. The planted features have arbitrary per-dimension scales and offsets, so each
@@ -117,6 +119,7 @@ def write_youtube8m(
     non_music: float = 0.25,
     missing: float = 0.0,
     text_emb_dim: int = 64,
+    shared_songs: float = 0.0,
 ) -> Path:
     """Write `spec` as YouTube-8M frame-level files under `out` (atomically); returns `out`.
 
@@ -137,7 +140,7 @@ def write_youtube8m(
         raise ValueError(f"text_emb_dim={text_emb_dim} must be >= 0 (0: no text embeddings)")
     out = Path(out)
     refuse_other_data(out)
-    bench = PlantedBenchmark(spec)
+    bench = PlantedBenchmark(spec, shared_songs=shared_songs)
     n = spec.pairs
     text_emb = None
     if bench.text is not None and text_emb_dim > 0:
@@ -206,7 +209,8 @@ def write_youtube8m(
         (tmp / "vocabulary.csv").write_text(vocabulary_csv())
         (tmp / TRUTH_FILE).write_text(truth_tsv(bench))
         settings = {"dataset": "youtube8m", "shards": shards, "non_music": non_music,
-                    "missing": missing, **dataclasses.asdict(spec)}
+                    "missing": missing, "shared_songs": shared_songs,
+                    **dataclasses.asdict(spec)}
         if text_emb is not None:  # absent otherwise, as in files written before text_emb
             settings["text_emb_dim"] = text_emb_dim
         write_marker(tmp, settings)

@@ -39,8 +39,18 @@ class SynthConfig:
     # YouTube-8M format only: planted in-video text (II-CLVTM) and the number of TFRecord shards.
     text: bool = False
     shards: int = 4
-    # MVD format only: fraction of videos whose (true) song is another pair's song.
-    shared_songs: float = 0.1
+    # Fraction of each split's videos whose (true) song is another pair's song; empty (null):
+    # the format's default, 0.1 for MVD and 0 for HIMV-200K and YouTube-8M.
+    shared_songs: float | None = None
+    # Benchmark conditions (datamodules.synthetic.conditions). share: how much pair-specific
+    # content a pair's video and music share (1: all; 0: only the style, so same-style items
+    # are interchangeable). train_pairs: training pairs written (0: pairs - val - test); val
+    # and test stay the same. near_duplicates: fraction of each split's pairs whose content is
+    # a near copy of another pair's (deviation near_duplicate_scale x tau per modality).
+    share: float = 1.0
+    train_pairs: int = 0
+    near_duplicates: float = 0.0
+    near_duplicate_scale: float = 0.1
     # What non-salient video frames show: "same" (another content of the songs' distribution,
     # indistinguishable frame by frame) or "background" (content no song uses).
     filler: str = choice("same", ("same", "background"))

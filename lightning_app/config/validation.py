@@ -30,6 +30,12 @@ def validate(cfg: Config) -> None:
         ("data.synthetic.feature_noise", syn.feature_noise >= 0.0, "must be >= 0"),
         ("data.synthetic.noise", 0.0 <= syn.noise < 1.0, "must be in [0, 1)"),
         ("data.synthetic.missing", 0.0 <= syn.missing < 1.0, "must be in [0, 1)"),
+        ("data.synthetic.share", 0.0 <= syn.share <= 1.0, "must be in [0, 1]"),
+        ("data.synthetic.train_pairs", 0 <= syn.train_pairs <= syn.pairs - syn.val - syn.test,
+         f"must be in [0, data.synthetic.pairs - val - test = {syn.pairs - syn.val - syn.test}]"
+         " (0: all of them)"),
+        ("data.synthetic.near_duplicates", 0.0 <= syn.near_duplicates < 1.0, "must be in [0, 1)"),
+        ("data.synthetic.near_duplicate_scale", syn.near_duplicate_scale >= 0.0, "must be >= 0"),
         ("data.synthetic.min_frames", 0 <= syn.min_frames <= syn.frames,
          f"must be in [0, data.synthetic.frames = {syn.frames}] (0: all videos full length)"),
         ("data.synthetic.unpaired_videos", syn.unpaired_videos >= 0, "must be >= 0"),
@@ -73,7 +79,8 @@ def validate(cfg: Config) -> None:
         ("data.labels", bool(d.labels), "must name at least one label"),
         ("data.prepare_workers", d.prepare_workers >= 0, "must be >= 0"),
         ("data.synthetic.shards", syn.shards >= 1, "must be >= 1"),
-        ("data.synthetic.shared_songs", 0.0 <= syn.shared_songs < 1.0, "must be in [0, 1)"),
+        ("data.synthetic.shared_songs", syn.shared_songs is None
+         or 0.0 <= syn.shared_songs < 1.0, "must be in [0, 1) or empty (the format's default)"),
         ("eval.ks", bool(cfg.eval.ks) and min(cfg.eval.ks) >= 1,
          "must be a non-empty list of k >= 1"),
         ("eval.chunk_size", cfg.eval.chunk_size > 0, "must be > 0"),
@@ -126,20 +133,6 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"config: '{key}' {why} (got {_get(cfg, key)!r})")
 
 
-def _is_batch_limit(x: Any) -> bool:
-    if x is None:
-        return True
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        return False
-    return x >= 0 if isinstance(x, int) else 0.0 <= x <= 1.0
-
-
-def _get(obj: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
 def _synthetic_format_checks(cfg: Config) -> list[tuple[str, bool, str]]:
     """Planted conditions that only some on-disk formats can hold (when synthesising)."""
     d, syn = cfg.data, cfg.data.synthetic
@@ -155,6 +148,15 @@ def _synthetic_format_checks(cfg: Config) -> list[tuple[str, bool, str]]:
     ]
 
 
+def _is_batch_limit(x: Any) -> bool:
+    if x is None:
+        return True
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return False
+    return x >= 0 if isinstance(x, int) else 0.0 <= x <= 1.0
+
+
+def _get(obj: Any, dotted: str) -> Any:
     for part in dotted.split("."):
         obj = getattr(obj, part)
     return obj
