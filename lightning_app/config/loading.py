@@ -86,13 +86,25 @@ def _experiment_layers(experiments_dir: Path, name: str, names: list[str],
 
 def config_from_dict(d: dict, where: str) -> Config:
     """A resolved config saved earlier (config.yaml, a checkpoint) back into a `Config`."""
+    return config_with_overrides(d, (), where)
+
+
+def config_with_overrides(saved: dict, overrides: list[str] | tuple[str, ...],
+                          where: str) -> Config:
+    """A saved resolved config plus `key=value` overrides, each checked as `load_config` does.
+
+    `vmr eval` rebuilds a run's config from its checkpoint this way, then points it at other
+    data or another split; errors in the saved config name `where`.
+    """
     merged = OmegaConf.structured(Config)
-    _check_keys(merged, d, where, prefix="")
-    try:
-        merged = OmegaConf.merge(merged, d)
-    except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", "") or "?"
-        raise ConfigError(f"{where}: bad value for '{key}': {str(e).splitlines()[0]}") from None
+    for source, layer in ((where, saved), ("command line", _parse_overrides(overrides))):
+        _check_keys(merged, layer, source, prefix="")
+        try:
+            merged = OmegaConf.merge(merged, layer)
+        except OmegaConfBaseException as e:
+            key = getattr(e, "full_key", "") or "?"
+            msg = str(e).splitlines()[0]
+            raise ConfigError(f"{source}: bad value for '{key}': {msg}") from None
     cfg = OmegaConf.to_object(merged)
     assert isinstance(cfg, Config)
     validate(cfg)
