@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import logging
 from pathlib import Path
@@ -35,6 +34,7 @@ from datamodules.extract.jobs import (
 )
 from datamodules.extract.specs import AudioSpec, VideoSpec, specs_from_record
 from datamodules.sampling import global_sparse_batch
+from lightning_app.checkpoint_file import read_checkpoint
 from lightning_app.config import Config, config_from_dict
 from lightning_app.errors import ConfigError
 from lightning_app.registry import build_model
@@ -75,7 +75,8 @@ class Recommender:
         content must still match the recorded SHA-256.
         """
         path = Path(ckpt)
-        state, rec, digest = _read_checkpoint(path)
+        saved = read_checkpoint(path)
+        state, rec, digest = saved.state_dict, saved.record, saved.sha256
         cfg = config_from_dict(rec["config"], str(path))
         model_cfg = getattr(cfg.model, cfg.model.name)
         text = getattr(model_cfg, "text", None)
@@ -212,30 +213,6 @@ def feature_batch(arrays: list[np.ndarray],
         idx, mask = global_sparse_batch(lengths, frames, train=False)
         x = np.stack([s[i] for s, i in zip(seqs, idx)]) * mask[..., None]
     return torch.from_numpy(x.astype(np.float32)), torch.from_numpy(mask)
-
-
-def _read_checkpoint(path: Path) -> tuple[dict, dict, str]:
-    """(state dict, run record, SHA-256 of the file), reading the file once."""
-    try:
-        data = path.read_bytes()
-    except (FileNotFoundError, IsADirectoryError):
-        raise DataError(f"{path}: checkpoint not found") from None
-    try:
-        ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - pickle, zip and torch errors alike
-        raise DataError(f"{path}: not a readable checkpoint ({type(e).__name__})") from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise DataError(f"{path}: not a Lightning checkpoint (no state_dict)")
-    rec = ckpt.get("vmr")
-    if rec is None:  # older checkpoints: the run folder's config.yaml
-        cfg_file = path.parent.parent / "config.yaml"
-        if not cfg_file.exists():
-            raise DataError(f"{path}: the checkpoint carries no config and {cfg_file} "
-                            "does not exist")
-        import yaml
-
-        rec = {"config": yaml.safe_load(cfg_file.read_text()), "extractor": None}
-    return ckpt["state_dict"], rec, hashlib.sha256(data).hexdigest()
 
 
 def _file_key(path: Path, rel: str) -> str:
