@@ -8,8 +8,9 @@ Each video gives one pair: its frames (CNN features, PCA-whitened) and its own a
     mvd        splits/{train,val,test}.csv (video_id,music_id), features/video/<id>.npy
                ([seconds, D]), features/music/<id>.npy (log-mel [seconds, 128] or VM-NET)
 
-Both also get `extractor.json` (how the features were made; training copies it into the
-checkpoint so `vmr retrieve` can extract a new video the same way) and `build-report.json`
+Both also get `extractor.json` (how the features were made, and the source folder; training
+copies it into the checkpoint so `vmr retrieve` can extract a new video the same way, and
+evaluation reports link each id to its source file) and `build-report.json`
 (done / skipped / failed files with reasons). A video without an audio stream, or one
 that cannot be decoded, is left out of the splits and listed in the report. Running the
 command again resumes: existing feature files are kept, and the lists are rewritten.
@@ -95,7 +96,9 @@ def build_dataset(videos: Path, out: Path, layout: str, video: VideoSpec, audio:
         for name, members in splits.items():
             rows = "".join(f"{i},{i}\n" for i in members)
             write_text(out / "splits" / f"{name}.csv", "video_id,music_id\n" + rows)
-    write_json(out / "extractor.json", record(video, audio, layout=layout))
+    # The source folder too: evaluation reports play a query's media from it.
+    write_json(out / "extractor.json",
+               record(video, audio, layout=layout, videos=str(Path(videos).resolve())))
     return BuildReport(out, video_summary, music_summary, {k: len(v) for k, v in splits.items()})
 
 
