@@ -33,6 +33,11 @@ class RecallAtK(Callback):
         self.last_curves: dict[str, torch.Tensor] = {}
         # Exact values per stage as Python floats (Lightning's logged copies are float32).
         self.last_metrics: dict[str, dict[str, float]] = {}
+        # The last test's gathered rows (video, music, video_key, music_key, index; one per
+        # pair of the split, by dataset index) and their ranks: per-query results and top-k
+        # lists are made from them (lightning_app.per_query).
+        self.last_test_rows: dict[str, torch.Tensor] = {}
+        self.last_test_ranks: dict[str, torch.Tensor] = {}
 
     # ----- collecting ----------------------------------------------------------------------
 
@@ -66,22 +71,32 @@ class RecallAtK(Callback):
 
     # ----- computing ------------------------------------------------------------------------
 
-    def compute(self, trainer: pl.Trainer, pl_module: pl.LightningModule
-                ) -> dict[str, torch.Tensor]:
-        """Ranks per direction over the whole split, identical on every rank."""
+    def gather(self, trainer: pl.Trainer, pl_module: pl.LightningModule
+               ) -> dict[str, torch.Tensor]:
+        """The collected rows from every process, one per dataset index, sorted by index."""
         cols = {f: torch.cat([o[f] for o in self._outputs]) for f in FIELDS}
         world = trainer.world_size
         cols = {f: gather_rows(c, pl_module.all_gather, world) for f, c in cols.items()}
-        index = cols.pop("index")
-        rows = unique_by_index(index, **cols)
+        return unique_by_index(cols.pop("index"), **cols)
+
+    def ranks(self, rows: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Ranks per direction over the given rows, identical on every rank."""
         return paired_retrieval_ranks(rows["video"], rows["music"], rows["video_key"],
                                       rows["music_key"], chunk_size=self.chunk_size)
+
+    def compute(self, trainer: pl.Trainer, pl_module: pl.LightningModule
+                ) -> dict[str, torch.Tensor]:
+        """Ranks per direction over the whole split, identical on every rank."""
+        return self.ranks(self.gather(trainer, pl_module))
 
     def _finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if not self._outputs:
             return
-        ranks = self.compute(trainer, pl_module)
+        rows = self.gather(trainer, pl_module)
+        ranks = self.ranks(rows)
         self._outputs = []
+        if stage == "test":
+            self.last_test_rows, self.last_test_ranks = rows, ranks
         metrics: dict[str, float] = {}
         for direction, r in ranks.items():
             metrics.update({f"{stage}/{direction}/{k}": v
