@@ -16,6 +16,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
 from datamodules.atomic import write_json, write_text
+from datamodules.base import TRUTH_FILE
 from datamodules.errors import DataError
 from datamodules.extract.specs import dataset_extractor
 from lightning_app.callbacks import RecallAtK
@@ -24,13 +25,13 @@ from lightning_app.callbacks.method_diagnostics import method_callbacks
 from lightning_app.callbacks.rng_state import RNGState
 from lightning_app.callbacks.self_training import SelfTraining
 from lightning_app.config import Config, to_dict, to_yaml
-from lightning_app.eval_outputs import write_test_outputs
 from lightning_app.launch import cluster_plugins
 from lightning_app.loggers import build_loggers, finish_loggers
 from lightning_app.registry import build_datamodule, build_model
 from lightning_app.resume import checkpoint_position, open_run, resume_target
 from lightning_app.run_dir import git_commit, launch_rank, wait_for_rank0
 from lightning_app.table import metrics_table
+from lightning_app.truth_recall import TruthRecall
 
 
 def train(cfg: Config) -> tuple[dict[str, float], dict[str, Any]]:
@@ -56,7 +57,7 @@ def train(cfg: Config) -> tuple[dict[str, float], dict[str, Any]]:
     resume_at = checkpoint_position(ckpt_path) if ckpt_path else None
     loggers = build_loggers(cfg, run_dir, hparams, resume_at=resume_at)
 
-    recall, checkpoint, training_set_changes = build_callbacks(cfg, run_dir)
+    recall, checkpoint, training_set_changes = build_callbacks(cfg, run_dir, datamodule)
     callbacks = [recall, checkpoint, LearningRateMonitor("epoch"), *training_set_changes,
                  RNGState(), *method_callbacks(cfg)]
     t = cfg.trainer
@@ -93,16 +94,14 @@ def train(cfg: Config) -> tuple[dict[str, float], dict[str, Any]]:
             name = "self_training" if isinstance(callback, SelfTraining) else "back_retrieval"
             write_json(run_dir / f"{name}.json", callback.history)
         print(metrics_table(metrics, "test", title=f"{cfg.name}: test metrics ({run_dir})"))
-        # Per-query results (parquet, W&B table), optional embeddings and report.html.
-        write_test_outputs(cfg, run_dir, recall, datamodule, metrics, loggers,
-                           trainer.global_step, str(best) if best else None)
     finish_loggers(loggers)
     objects = {"trainer": trainer, "model": model, "datamodule": datamodule,
                "run_dir": Path(run_dir), "recall": recall}
     return metrics, objects
 
 
-def build_callbacks(cfg: Config, run_dir: Path) -> tuple[RecallAtK, ModelCheckpoint, list]:
+def build_callbacks(cfg: Config, run_dir: Path, datamodule: Any = None
+                    ) -> tuple[RecallAtK, ModelCheckpoint, list]:
     """Evaluation, checkpointing, and the callbacks that rewrite the training pairs."""
     ckpt = cfg.checkpoint
     checkpoint = ModelCheckpoint(
@@ -110,7 +109,11 @@ def build_callbacks(cfg: Config, run_dir: Path) -> tuple[RecallAtK, ModelCheckpo
         save_top_k=ckpt.save_top_k, save_last=ckpt.save_last,
         filename="best-{epoch:03d}", auto_insert_metric_name=False,
     )
-    recall = RecallAtK(cfg.eval.ks, cfg.eval.chunk_size, cfg.eval.curve_max_k, curve_dir=run_dir)
+    # Compatible / multi-positive recall beside the exact numbers (lightning_app.truth_recall).
+    extras = [] if datamodule is None else [TruthRecall(
+        datamodule, cfg.eval.ks, cfg.eval.chunk_size, Path(cfg.data.root) / TRUTH_FILE)]
+    recall = RecallAtK(cfg.eval.ks, cfg.eval.chunk_size, cfg.eval.curve_max_k, curve_dir=run_dir,
+                       extras=extras)
     changes: list = []
     st = cfg.self_training
     if st.enabled:

@@ -9,6 +9,7 @@ logged without a reduction. A recall-at-K curve image goes to W&B when it is in 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +21,19 @@ from lightning_app.distributed import gather_rows, unique_by_index
 from lightning_app.retrieval import metrics_from_ranks, paired_retrieval_ranks, recall_curve
 
 FIELDS = ("video", "music", "index", "video_key", "music_key")
+# extra(stage, rows) -> {metric name: value}; rows as gathered (FIELDS, one per dataset index).
+ExtraMetrics = Callable[[str, dict[str, torch.Tensor]], dict[str, float]]
 
 
 class RecallAtK(Callback):
     def __init__(self, ks: list[int] | tuple[int, ...] = (1, 5, 10), chunk_size: int = 4096,
-                 curve_max_k: int = 100, curve_dir: str | Path | None = None):
+                 curve_max_k: int = 100, curve_dir: str | Path | None = None,
+                 extras: Sequence[ExtraMetrics] = ()):
         self.ks = tuple(ks)
+        # Further metrics over the same gathered rows (e.g. lightning_app.truth_recall):
+        # called as extra(stage, rows) after the exact ones; their dicts join the logged
+        # metrics and last_metrics. They must give the same numbers on every process.
+        self.extras = list(extras)
         self.chunk_size = chunk_size
         self.curve_max_k = curve_max_k
         self.curve_dir = Path(curve_dir) if curve_dir else None
@@ -102,6 +110,8 @@ class RecallAtK(Callback):
             metrics.update({f"{stage}/{direction}/{k}": v
                             for k, v in metrics_from_ranks(r, self.ks).items()})
         metrics[f"{stage}/gallery_size"] = float(ranks["v2m"].numel())
+        for extra in self.extras:
+            metrics.update(extra(stage, rows))
         self.last_metrics[stage] = metrics
         # Identical on all ranks: no reduction needed (and none that could change them).
         pl_module.log_dict(metrics, sync_dist=False, rank_zero_only=False)
