@@ -25,6 +25,7 @@ from lightning_app.callbacks.method_diagnostics import method_callbacks
 from lightning_app.callbacks.rng_state import RNGState
 from lightning_app.callbacks.self_training import SelfTraining
 from lightning_app.config import Config, to_dict, to_yaml
+from lightning_app.eval_outputs import write_test_outputs
 from lightning_app.launch import cluster_plugins
 from lightning_app.loggers import build_loggers, finish_loggers
 from lightning_app.registry import build_datamodule, build_model
@@ -94,6 +95,9 @@ def train(cfg: Config) -> tuple[dict[str, float], dict[str, Any]]:
             name = "self_training" if isinstance(callback, SelfTraining) else "back_retrieval"
             write_json(run_dir / f"{name}.json", callback.history)
         print(metrics_table(metrics, "test", title=f"{cfg.name}: test metrics ({run_dir})"))
+        # Per-query results (parquet, W&B table), optional embeddings and report.html.
+        write_test_outputs(cfg, run_dir, recall, datamodule, metrics, loggers,
+                           trainer.global_step, str(best) if best else None)
     finish_loggers(loggers)
     objects = {"trainer": trainer, "model": model, "datamodule": datamodule,
                "run_dir": Path(run_dir), "recall": recall}
