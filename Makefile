@@ -11,7 +11,7 @@ BENCH_STAMP := $(VENV)/.installed-bench
 NAME ?= quickstart
 ARGS ?=
 
-.PHONY: help install system-deps exp sweep study test test-slow test-full bench lint clean
+.PHONY: help install system-deps exp eval sweep study test test-slow test-full bench lint clean
 
 help: ## Show this help
 	@echo "usage: make <target> [NAME=experiment] [ARGS=\"key=value ...\"]"
@@ -28,6 +28,10 @@ install: $(STAMP) ## Create .venv and install vmr in editable mode (re-runs only
 
 exp: install ## Run an experiment: make exp NAME=quickstart ARGS="trainer.max_epochs=5"
 	$(BIN)/vmr train $(NAME) $(ARGS)
+
+eval: install ## Evaluate a checkpoint: make eval CKPT=runs/NAME/TIME/checkpoints/last.ckpt ARGS="eval.split=val"
+	@test -n "$(CKPT)" || { echo "make eval: set CKPT=path/to/checkpoint.ckpt" >&2; exit 2; }
+	$(BIN)/vmr eval $(CKPT) $(ARGS)
 
 sweep: install ## Grid x seeds of one experiment: make sweep NAME=quickstart ARGS="optim.lr=1e-4,1e-3 --seeds 0,1"
 	$(BIN)/vmr sweep $(NAME) $(ARGS)
@@ -50,7 +54,7 @@ slurm: ## SLURM job: make slurm NAME=x NODES=1 GPUS=8 [PARTITION= TIME= CPUS= AR
 		test -x $(BIN)/vmr || { echo "make slurm: run 'make install' first" >&2; exit 1; }; \
 		sbatch "$$script"; fi
 
-system-deps: ## ffmpeg + sound-theme-freedesktop via apt when missing (decoding, test sounds)
+system-deps: ## ffmpeg, sound-theme-freedesktop, chromium via apt when missing (decoding, test sounds, report test)
 	@bash .ci/system-deps
 
 test: install system-deps ## Fast test suite
