@@ -98,7 +98,7 @@ def report_markdown(report: dict) -> str:
     head = "| metric | " + " | ".join(f"{a} (n={arms[a]['n']})" for a in arms) + " |"
     lines += ["## Mean ± std over seeds", "", head, "|---" * (len(arms) + 1) + "|"]
     for name in names:
-        cells = [_mean_std(name, arms[a]["metrics"].get(name)) for a in arms]
+        cells = [_mean_std(name, arms[a]["metrics"].get(name), arms[a]["n"]) for a in arms]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     others = [a for a in arms if a != control]
     if others:
@@ -123,10 +123,12 @@ def _fmt(x: float | None, name: str, sign: bool = False) -> str:
     return f"{x * _scale(name):{'+' if sign else ''}.2f}"
 
 
-def _mean_std(name: str, m: dict | None) -> str:
+def _mean_std(name: str, m: dict | None, n: int) -> str:
     if not m:
         return "-"
-    return f"{_fmt(m['mean'], name)} ± {_fmt(m['std'], name)}"
+    text = f"{_fmt(m['mean'], name)} ± {_fmt(m['std'], name)}"
+    # A metric some runs lack (e.g. added to the code between runs) has fewer values.
+    return text if len(m["values"]) == n else f"{text} (n={len(m['values'])})"
 
 
 def _diff(name: str, d: dict | None) -> str:
@@ -138,14 +140,16 @@ def _diff(name: str, d: dict | None) -> str:
 
 
 def _metric_order(name: str) -> tuple:
-    """v2m before m2v; R@K by K, then MdR, MnR; other metrics (loss, ...) last by name."""
+    """The plain metrics first, then each family (`test/v2m/compat/R@1`, ...) by name; within
+    one, v2m before m2v, R@K by K, then MdR, MnR; metrics of no direction (loss, ...) last."""
     parts = name.split("/")
-    if len(parts) != 3 or parts[1] not in _DIRECTIONS:
-        return (len(_DIRECTIONS), 0, 0, name)
-    direction, metric = _DIRECTIONS.index(parts[1]), parts[2]
+    if len(parts) < 3 or parts[1] not in _DIRECTIONS:
+        return (1, "", 0, 0, 0, name)
+    family, metric = "/".join(parts[2:-1]), parts[-1]
+    direction = _DIRECTIONS.index(parts[1])
     if metric.startswith("R@") and metric[2:].isdigit():
-        return (direction, 0, int(metric[2:]), name)
-    return (direction, 1, 0, name)
+        return (0, family, direction, 0, int(metric[2:]), name)
+    return (0, family, direction, 1, 0, name)
 
 
 def _is_number(v: object) -> bool:
