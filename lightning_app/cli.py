@@ -7,6 +7,7 @@
     vmr experiments                      list experiment names
     vmr eval CKPT [key=value ...] [--out DIR]   (lightning_app/cli_eval.py)
     vmr extract audio|video, vmr build-dataset, vmr retrieve   (lightning_app/cli_media.py)
+    vmr sweep, vmr study, vmr sweep-task (grids, studies, SLURM arrays; lightning_app/cli_sweep.py)
 
 Bad input exits with code 2 and one line naming the file, key or value; `--debug` shows
 the traceback instead. Heavy imports happen inside each command so `vmr --help` is quick.
