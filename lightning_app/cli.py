@@ -124,7 +124,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     else:
         out = write_himv200k(spec, args.out, missing=args.missing, music_format=args.music_format,
                              shared_songs=shared)
-    print(f"wrote synthetic {args.dataset} ({args.pairs} pairs, seed {args.seed}) to {out}")
+    written = args.val + args.test + (args.train_pairs or args.pairs - args.val - args.test)
+    print(f"wrote synthetic {args.dataset} ({written} pairs, seed {args.seed}) to {out}")
     return 0
 
 
