@@ -62,3 +62,33 @@ def pca_1024(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("pca") / "pca_1024.npz"
     PCAWhitening.fit(x, dim=1024).save(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One small trained quickstart run shared by the evaluation tests (test_eval,
+    test_per_query): 600 planted pairs (100 val, 100 test), 2 epochs, top-7 lists, W&B
+    offline. {"cfg", "metrics", "run" (folder), "datasets" (split -> PairDataset)}."""
+    import os
+
+    import torch
+
+    from lightning_app.config import load_config
+    from lightning_app.train import train
+
+    tmp = tmp_path_factory.mktemp("tiny_run")
+    cfg = load_config("quickstart", [
+        f"data.root={tmp / 'data'}", f"run_dir={tmp / 'runs'}", "data.synthetic.pairs=600",
+        "data.synthetic.val=100", "data.synthetic.test=100", "data.batch_size=100",
+        "data.eval_batch_size=100", "trainer.max_epochs=2", "trainer.enable_progress_bar=false",
+        "logger.wandb.mode=offline", "loss.structure_k=20", "loss.num_negatives=20",
+        "eval.topk=7",
+    ])
+    saved = {k: os.environ.pop(k, None) for k in ("WANDB_API_KEY", "WANDB_MODE")}
+    torch.manual_seed(0)
+    try:
+        metrics, objects = train(cfg)
+    finally:
+        os.environ.update({k: v for k, v in saved.items() if v is not None})
+    return {"cfg": cfg, "metrics": metrics, "run": objects["run_dir"],
+            "datasets": objects["datamodule"].datasets}

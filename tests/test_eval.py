@@ -13,29 +13,17 @@ import torch
 import yaml
 
 from lightning_app.cli import main
-from lightning_app.config import load_config, to_dict
+from lightning_app.config import to_dict
 from lightning_app.evaluate import evaluate
 from lightning_app.galleries import draw_galleries
 from lightning_app.retrieval import metrics_from_ranks, paired_retrieval_ranks
-from lightning_app.train import train
-
-SMALL = ["data.synthetic.pairs=600", "data.synthetic.val=100", "data.synthetic.test=100",
-         "data.batch_size=100", "data.eval_batch_size=100", "trainer.max_epochs=2",
-         "trainer.enable_progress_bar=false", "logger.wandb.mode=disabled",
-         "loss.structure_k=20", "loss.num_negatives=20"]
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("eval")
-    cfg = load_config("quickstart", [f"data.root={tmp / 'data'}", f"run_dir={tmp / 'runs'}",
-                                     *SMALL])
-    torch.manual_seed(0)
-    _, objects = train(cfg)
-    run = objects["run_dir"]
-    saved = json.loads((run / "metrics.json").read_text())
-    return {"tmp": tmp, "cfg": cfg, "run": run, "saved": saved,
-            "ckpt": saved["best_checkpoint"], "dataset": objects["datamodule"].datasets}
+def run(tiny_run):
+    saved = json.loads((tiny_run["run"] / "metrics.json").read_text())
+    return {"cfg": tiny_run["cfg"], "run": tiny_run["run"], "saved": saved,
+            "ckpt": saved["best_checkpoint"], "dataset": tiny_run["datasets"]}
 
 
 def _ranks(folder, direction):

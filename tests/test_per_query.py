@@ -8,13 +8,10 @@ import json
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 import torch
 
-from lightning_app.config import load_config
 from lightning_app.per_query import concat_draws, query_tables, save_embeddings, write_tables
 from lightning_app.retrieval import metrics_from_ranks
-from lightning_app.train import train
 
 
 def _rows(seed=0, n=40, dim=5):
@@ -117,29 +114,8 @@ def test_saved_embeddings_are_the_rows_with_their_ids(tmp_path):
 # ----- a trained run ------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def run_with_wandb(tmp_path_factory):
-    import os
-
-    tmp = tmp_path_factory.mktemp("per_query")
-    saved = {k: os.environ.pop(k, None) for k in ("WANDB_API_KEY", "WANDB_MODE")}
-    cfg = load_config("quickstart", [
-        f"data.root={tmp / 'data'}", f"run_dir={tmp / 'runs'}", "data.synthetic.pairs=600",
-        "data.synthetic.val=100", "data.synthetic.test=100", "data.batch_size=100",
-        "data.eval_batch_size=100", "trainer.max_epochs=2", "trainer.enable_progress_bar=false",
-        "logger.wandb.mode=offline", "loss.structure_k=20", "loss.num_negatives=20",
-        "eval.topk=7",
-    ])
-    torch.manual_seed(0)
-    try:
-        metrics, objects = train(cfg)
-    finally:
-        os.environ.update({k: v for k, v in saved.items() if v is not None})
-    return cfg, metrics, objects["run_dir"]
-
-
-def test_run_folder_ranks_agree_with_its_metrics(run_with_wandb):
-    cfg, _, run = run_with_wandb
+def test_run_folder_ranks_agree_with_its_metrics(tiny_run):
+    cfg, run = tiny_run["cfg"], tiny_run["run"]
     saved = json.loads((run / "metrics.json").read_text())
     for direction in ("v2m", "m2v"):
         t = pq.read_table(run / f"per_query_{direction}.parquet")
@@ -156,8 +132,8 @@ def test_run_folder_ranks_agree_with_its_metrics(run_with_wandb):
     assert (run / "report.html").is_file()
 
 
-def test_per_query_table_reaches_the_offline_wandb_run(run_with_wandb):
-    _, _, run = run_with_wandb
+def test_per_query_table_reaches_the_offline_wandb_run(tiny_run):
+    run = tiny_run["run"]
     offline = list((run / "wandb").glob("offline-run-*"))
     assert len(offline) == 1
     files = list((offline[0] / "files" / "media" / "table").rglob("*.table.json"))
