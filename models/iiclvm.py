@@ -59,26 +59,34 @@ class IICLVM(RetrievalModule):
 
     # ----- text -----------------------------------------------------------------------------
 
-    def _text(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(text features [B, d], raw text representation for the II loss [B, R])."""
+    def _text(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Text features [B, d]."""
+        if self.text_source == "precomputed":
+            return self.text_encoder(self._text_raw(batch))
+        return self.text_encoder(*self._token_ids(batch))
+
+    def _text_raw(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The raw text representation of the II loss [B, R] (no parameters involved)."""
         if self.text_source == "precomputed":
             if "text_emb" not in batch:
                 raise KeyError("model.iiclvm.text.source=precomputed needs `text_emb` in the batch")
-            raw = batch["text_emb"].float()
-            return self.text_encoder(raw), raw
+            emb = batch["text_emb"]  # stored in half precision: at least float32
+            return emb.to(torch.promote_types(emb.dtype, torch.float32))
+        return bag_of_tokens(self._token_ids(batch)[0], RAW_TEXT_BUCKETS)
+
+    def _token_ids(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         if "text" not in batch:
             raise KeyError("model.iiclvm.text.enabled=true needs `text` in the batch")
         t = self.cfg["text"]
         ids, mask = hash_tokens(list(batch["text"]), t["buckets"], t["max_tokens"])
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        return self.text_encoder(ids, mask), bag_of_tokens(ids, RAW_TEXT_BUCKETS)
+        return ids.to(self.device), mask.to(self.device)
 
     # ----- embeddings -----------------------------------------------------------------------
 
     def encode_video(self, batch: dict[str, Any]) -> torch.Tensor:
         h = self.video_encoder(batch["video"], batch["video_mask"])
         if self.text_source:
-            h = self.fuse(torch.cat([h, self._text(batch)[0]], dim=-1))
+            h = self.fuse(torch.cat([h, self._text(batch)], dim=-1))
         return F.normalize(self.video_proj(h), dim=-1)
 
     def encode_music(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -87,7 +95,27 @@ class IICLVM(RetrievalModule):
 
     # ----- loss -----------------------------------------------------------------------------
 
-    def loss(self, batch: dict[str, Any], video: torch.Tensor, music: torch.Tensor) -> dict:
+    def _text_ii_active(self) -> bool:
+        ii = self.ii
+        return bool(self.text_source and ii["weight"] > 0 and ii["text_weight"] > 0)
+
+    def text_embedding(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The text side's own embedding [B, E] (the II loss's text term)."""
+        return F.normalize(self.text_proj(self._text(batch)), dim=-1)
+
+    def embed_pair(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        out = super().embed_pair(batch)
+        if self._text_ii_active():
+            out["text"] = self.text_embedding(batch)
+        return out
+
+    def training_loss(self, batch: dict[str, Any], embed: Any) -> dict:
+        out = embed(self.embed_pair, batch)
+        return self.loss(batch, out["video"], out["music"], text=out.get("text"))
+
+    def loss(self, batch: dict[str, Any], video: torch.Tensor, music: torch.Tensor,
+             text: torch.Tensor | None = None) -> dict:
+        """`text`: the text embeddings when already computed (else computed here)."""
         scale = self.logit_scale()
         nce = info_nce_loss(video, music, scale, weights=batch.get("weight"))
         parts: dict[str, torch.Tensor] = {"nce": nce, "temperature": 1.0 / scale.detach()}
@@ -104,8 +132,8 @@ class IICLVM(RetrievalModule):
                 raw = masked_pool(batch["music"], batch["music_mask"], "mean")
                 terms["music"] = (ii["music_weight"], inter_intra_loss(raw, music, **kw))
             if self.text_source and ii["text_weight"] > 0:
-                feats, raw = self._text(batch)
-                emb = F.normalize(self.text_proj(feats), dim=-1)
+                raw = self._text_raw(batch)
+                emb = self.text_embedding(batch) if text is None else text
                 terms["text"] = (ii["text_weight"], inter_intra_loss(raw, emb, **kw))
             if terms:  # every per-modality weight 0: nothing to add
                 ii_total = sum(w * term for w, term in terms.values())

@@ -50,6 +50,11 @@ def gradient_saliency(loss: torch.Tensor, frames: torch.Tensor,
     (`retain_graph=True`) so the same forward pass can still be trained on.
     """
     (grad,) = torch.autograd.grad(loss, frames, retain_graph=True)
+    return rms_saliency(grad, mask)
+
+
+def rms_saliency(grad: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[B, T] float32: RMS over feature dims of a frame gradient [B, T, D]; padded -> 0."""
     rms = grad.detach().float().pow(2).mean(dim=-1).sqrt()
     return rms * mask.to(rms.dtype)
 

@@ -40,7 +40,8 @@ from losses.contrastive import LogitScale, info_nce_loss
 from losses.distributed import gather_sizes, world_and_rank
 from models.base import RetrievalModule
 from models.encoders import TemporalEncoder
-from models.saliency import SaliencyPool, gradient_saliency, masked_softmax
+from models.grad_cache import DirectEmbedder, Embedder
+from models.saliency import SaliencyPool, masked_softmax, rms_saliency
 from models.span_mixing import (
     MIX_DISTRIBUTIONS,
     MixPlan,
@@ -201,12 +202,28 @@ class SSVMR(RetrievalModule):
         return bool(self.training and m["enabled"] and m["prob"] > 0
                     and self.current_epoch >= m["start_epoch"])
 
+    def _embed_video(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        emb, attn = self.video_features(batch["video"], batch["video_mask"])
+        return {"video": emb} if attn is None else {"video": emb, "attention": attn}
+
+    def _embed_music(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        return {"music": self.encode_music(batch)}
+
     def train_loss(self, batch: dict[str, Any], plan: MixPlan | None = None) -> dict:
+        """`training_loss` with plain autograd (no micro-batches)."""
+        return self.training_loss(batch, DirectEmbedder(), plan)
+
+    def training_loss(self, batch: dict[str, Any], embed: Embedder,
+                      plan: MixPlan | None = None) -> dict:
         """The training loss parts. Mixes when `plan` is given, or when training with mixing on
-        (a plan is then drawn); otherwise plain InfoNCE on the batch's own embeddings."""
-        music = self.encode_music(batch)
+        (a plan is then drawn); otherwise plain InfoNCE on the batch's own embeddings.
+
+        Every encoder call goes through `embed` (models.grad_cache), the gradient saliency
+        too, so micro-batch accumulation reproduces this whole-batch computation exactly.
+        """
+        music = embed(self._embed_music, batch)["music"]
         if plan is None and not self.mixing_active():
-            return self.loss(batch, self.encode_video(batch), music)
+            return self.loss(batch, embed(self._embed_video, batch)["video"], music)
         m = self.mix
         video, mask = batch["video"], batch["video_mask"]
         offset, n_global = _global_layout(video.shape[0], video.device)  # same calls on all ranks
@@ -215,13 +232,12 @@ class SSVMR(RetrievalModule):
         clean, saliency = None, None
         if m["keep_clean"] or needs_saliency:
             gradient = needs_saliency and m["saliency_source"] == "gradient"
-            frames = video.detach().requires_grad_(True) if gradient else video
-            emb, attn = self.video_features(frames, mask)
-            clean = self.loss(batch, emb, music)
+            out = embed(self._embed_video, batch, input_grad="video" if gradient else None)
+            clean = self.loss(batch, out["video"], music)
             if gradient:
-                saliency = gradient_saliency(clean["loss"], frames, mask)
+                saliency = rms_saliency(embed.input_gradient(clean["loss"], out), mask)
             elif needs_saliency:
-                saliency = attn.detach()
+                saliency = out["attention"].detach()
         if plan is None:
             plan = (saliency_mix_plan(saliency, mask, m["window_frac"], m["prob"])
                     if m["mode"] == "saliency" else
@@ -232,7 +248,7 @@ class SSVMR(RetrievalModule):
         share = (saliency_share(saliency, mask, *plan) if m["label_weight"] == "saliency"
                  else length_share(replaced, mixed_mask))
         v2m = mixing_targets(share, plan.partner, offset, n_global)
-        emb, _ = self.video_features(mixed, mixed_mask)
+        emb = embed(self._embed_video, {"video": mixed, "video_mask": mixed_mask})["video"]
         parts = self.loss(batch, emb, music,
                           soft_targets=(v2m, music_to_video_targets(v2m, offset)))
         if clean is not None and m["keep_clean"]:
@@ -257,13 +273,11 @@ class SSVMR(RetrievalModule):
             stats["mix/a_survives"] = (a_survives & is_mixed).sum() / n_mixed
         return {k: v.detach() for k, v in stats.items()}
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        parts = self.train_loss(batch)
-        bs = batch["video"].shape[0]
+    def log_train(self, parts: dict[str, torch.Tensor], batch_size: int) -> None:
+        parts = dict(parts)
         for key in ("mix/b_content", "mix/a_survives"):  # per-epoch fractions of mixed rows
             if key in parts:
+                mixed_rows = max(1, int(round(float(parts["mix_frac"]) * batch_size)))
                 self.log(f"train/{key}", parts.pop(key), on_step=False, on_epoch=True,
-                         batch_size=max(1, int(round(float(parts["mix_frac"]) * bs))))
-        self.log_dict({f"train/{k}": v for k, v in parts.items() if k != "loss"}, batch_size=bs)
-        self.log("train/loss", parts["loss"], batch_size=bs, prog_bar=True)
-        return parts["loss"]
+                         batch_size=mixed_rows)
+        super().log_train(parts, batch_size)
