@@ -14,6 +14,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.loggers.logger import DummyLogger
 
 from datamodules.atomic import write_json, write_text
 from datamodules.base import TRUTH_FILE
@@ -26,18 +27,25 @@ from lightning_app.callbacks.rng_state import RNGState
 from lightning_app.callbacks.self_training import SelfTraining
 from lightning_app.config import Config, to_dict, to_yaml
 from lightning_app.eval_outputs import write_test_outputs
-from lightning_app.launch import cluster_plugins
 from lightning_app.loggers import build_loggers, finish_loggers
 from lightning_app.registry import build_datamodule, build_model
 from lightning_app.resume import checkpoint_position, open_run, resume_target
 from lightning_app.run_dir import git_commit, launch_rank, wait_for_rank0
 from lightning_app.table import metrics_table
+from lightning_app.trainer_factory import (
+    build_trainer,
+    check_model_options,
+    check_options,
+    prepare_model,
+    use_train_batches_for_validation,
+)
 from lightning_app.truth_recall import TruthRecall
 
 
 def train(cfg: Config) -> tuple[dict[str, float], dict[str, Any]]:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     target = resume_target(cfg)  # a bad `resume=` fails now, before any work
+    check_options(cfg)
     datamodule = build_datamodule(cfg)
     datamodule.prepare_data_per_node = False  # one store for all nodes, built by rank 0
     if launch_rank() == 0:
@@ -49,6 +57,8 @@ def train(cfg: Config) -> tuple[dict[str, float], dict[str, Any]]:
         dims = wait_for_rank0(lambda: _store_dims(datamodule), f"the store {datamodule.store_path}")
     model = build_model(cfg, dims)
     model.run_record = {"config": to_dict(cfg), "extractor": dataset_extractor(cfg.data.root)}
+    check_model_options(cfg, model)  # refusals that need the model, before the run folder
+    prepare_model(cfg, model)
 
     run_dir, ckpt_path = open_run(cfg, target)
     commit = git_commit()
@@ -56,27 +66,23 @@ def train(cfg: Config) -> tuple[dict[str, float], dict[str, Any]]:
     hparams = {"config": to_dict(cfg), "seed": cfg.seed, "git_commit": commit,
                "run_dir": str(run_dir)}
     resume_at = checkpoint_position(ckpt_path) if ckpt_path else None
-    loggers = build_loggers(cfg, run_dir, hparams, resume_at=resume_at)
+    # fast_dev_run turns Lightning's loggers off: start no W&B run for it either.
+    loggers = ([DummyLogger()] if cfg.trainer.fast_dev_run
+               else build_loggers(cfg, run_dir, hparams, resume_at=resume_at))
 
     recall, checkpoint, training_set_changes = build_callbacks(cfg, run_dir, datamodule)
     callbacks = [recall, checkpoint, LearningRateMonitor("epoch"), *training_set_changes,
                  RNGState(), *method_callbacks(cfg)]
-    t = cfg.trainer
-    trainer = pl.Trainer(
-        default_root_dir=str(run_dir),
-        max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices,
-        num_nodes=t.num_nodes, strategy=t.strategy, precision=t.precision,
-        gradient_clip_val=t.gradient_clip_val, check_val_every_n_epoch=t.check_val_every_n_epoch,
-        log_every_n_steps=t.log_every_n_steps, deterministic=t.deterministic,
-        limit_train_batches=t.limit_train_batches, enable_progress_bar=t.enable_progress_bar,
-        logger=loggers, callbacks=callbacks, enable_model_summary=False,
-        # Self-training and back retrieval change the training pairs between epochs.
-        reload_dataloaders_every_n_epochs=1 if training_set_changes else 0,
-        plugins=cluster_plugins(),
-    )
+    # Lightning's keys (fast_dev_run, max_steps, ...), early stopping, EMA, profiler.
+    trainer = build_trainer(cfg, run_dir, loggers, callbacks,
+                            reload_dataloaders=bool(training_set_changes))
+    if cfg.trainer.overfit_batches:
+        use_train_batches_for_validation(datamodule)
     with warnings.catch_warnings():
         if ckpt_path is not None:  # the checkpoints are this run's own
             warnings.filterwarnings("ignore", message=r"Checkpoint directory .* not empty")
+        # overfit_batches turns shuffling off, as asked.
+        warnings.filterwarnings("ignore", message=r"You requested to overfit")
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     best = checkpoint.best_model_path or None
     results = trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=True,
@@ -110,7 +116,8 @@ def build_callbacks(cfg: Config, run_dir: Path, datamodule: Any = None
     ckpt = cfg.checkpoint
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", monitor=ckpt.monitor, mode=ckpt.mode,
-        save_top_k=ckpt.save_top_k, save_last=ckpt.save_last,
+        # Lightning 2.6 still writes last.ckpt at the end of a fast_dev_run: not here.
+        save_top_k=ckpt.save_top_k, save_last=ckpt.save_last and not cfg.trainer.fast_dev_run,
         filename="best-{epoch:03d}", auto_insert_metric_name=False,
     )
     # Compatible / multi-positive recall beside the exact numbers (lightning_app.truth_recall).
