@@ -11,6 +11,7 @@ import torch
 
 from lightning_app.cli import main
 from lightning_app.config import load_config
+from lightning_app.errors import ConfigError
 from lightning_app.train import train
 
 
@@ -73,3 +74,9 @@ def test_vmnet_batchnorm_refuses_accumulation_in_one_line(tmp_path, capsys):
             "with its own statistics, so accumulation would not reproduce the batch-100 "
             "gradient; lower data.batch_size or use more devices") in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_more_micro_batches_than_rows_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"'trainer.accumulate_grad_batches' must be in "
+                                          r"\[1, data.batch_size = 4\]"):
+        load_config("iiclvm_synthetic", ["data.batch_size=4", "trainer.accumulate_grad_batches=5"])

@@ -121,8 +121,9 @@ class TrainerConfig:
     profiler: str = choice("none", ("none", "simple", "advanced", "pytorch"))
     # torch.compile the model before fitting.
     compile: bool = False
-    # Split each (global) batch into this many micro-batches; for in-batch contrastive and
-    # ranking losses the gradient is the full batch's (embedding cache, as GradCache).
+    # Split each batch into this many micro-batches (less memory) with the whole batch's
+    # gradient (an embedding cache, as GradCache: models/grad_cache.py); one optimizer step
+    # per batch. Refused for models with BatchNorm (VM-NET).
     accumulate_grad_batches: int = 1
     deterministic: bool = False
     enable_progress_bar: bool = True

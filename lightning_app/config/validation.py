@@ -104,7 +104,8 @@ def validate(cfg: Config) -> None:
         ("trainer.val_check_interval", t.val_check_interval is None
          or _is_batch_limit(t.val_check_interval) and t.val_check_interval != 0,
          "must be empty, a number of training batches (int >= 1) or a fraction in (0.0, 1.0]"),
-        ("trainer.accumulate_grad_batches", t.accumulate_grad_batches >= 1, "must be >= 1"),
+        ("trainer.accumulate_grad_batches", 1 <= t.accumulate_grad_batches <= d.batch_size,
+         f"must be in [1, data.batch_size = {d.batch_size}] (micro-batches of the batch)"),
         ("early_stopping.patience", cfg.early_stopping.patience >= 1, "must be >= 1"),
         ("ema.decay", 0.0 < cfg.ema.decay < 1.0, "must be in (0, 1)"),
         ("ema.start_step", cfg.ema.start_step >= 0, "must be >= 0"),
