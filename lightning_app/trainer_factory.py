@@ -131,7 +131,14 @@ def build_profiler(kind: str, run_dir: Path) -> Any:
     return profilers.PyTorchProfiler(**where)
 
 
-def use_train_batches_for_validation(datamodule: pl.LightningDataModule) -> None:
+def use_train_batches_for_validation(datamodule: Any) -> None:
     """`overfit_batches`: validate on the training loader (Lightning limits both to the first
     N batches and turns shuffling off, so both see the same rows in the same batches)."""
-    datamodule.val_dataloader = datamodule.train_dataloader  # type: ignore[method-assign]
+
+    def val_dataloader() -> Any:
+        # Validation rows are then training rows: whatever maps a validation row's `index`
+        # back to its pair (compatible recall, per-query results) must read the train split.
+        datamodule.datasets["val"] = datamodule.datasets["train"]
+        return datamodule.train_dataloader()
+
+    datamodule.val_dataloader = val_dataloader

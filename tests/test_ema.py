@@ -108,6 +108,7 @@ def test_checkpoints_and_test_metrics_use_the_average(tmp_path, record_steps):
         assert metrics[key] == pytest.approx(value, abs=1e-12), key
 
 
+@pytest.mark.slow  # three runs
 def test_resume_continues_the_same_average(tmp_path, record_steps):
     torch.manual_seed(0)
     _, straight = train(config(tmp_path / "a"))
