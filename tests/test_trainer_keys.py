@@ -116,10 +116,12 @@ def test_val_check_interval_validates_twice_per_epoch(data_root, tmp_path):
 
 
 @pytest.mark.slow
-def test_pytorch_profiler_writes_into_the_run_folder(data_root, tmp_path):
-    _, objects = run(data_root, tmp_path, "trainer.profiler=pytorch", "trainer.max_epochs=1",
+@pytest.mark.parametrize("kind", ["advanced", "pytorch"])
+def test_advanced_and_pytorch_profilers_write_into_the_run_folder(data_root, tmp_path, kind):
+    _, objects = run(data_root, tmp_path, f"trainer.profiler={kind}", "trainer.max_epochs=1",
                      "trainer.limit_train_batches=2")
-    assert any((objects["run_dir"] / "profiler").iterdir())
+    written = [p for p in (objects["run_dir"] / "profiler").iterdir() if p.stat().st_size]
+    assert any(p.name.startswith("fit-profile") for p in written), written
 
 
 @pytest.mark.slow  # inductor compiles on the CPU for about a minute
