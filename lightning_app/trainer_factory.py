@@ -41,18 +41,24 @@ PROFILE_FILE = "profile"
 
 
 def monitorable_metrics(cfg: Config) -> list[str]:
-    """The validation values the Recall@K callback and the model log (early stopping)."""
-    per_direction = [*(f"R@{k}" for k in cfg.eval.ks), "MdR", "MnR"]
-    return [f"val/{d}/{m}" for d in ("v2m", "m2v") for m in per_direction] + ["val/loss"]
+    """The validation values logged for early stopping: Recall@K, MdR and MnR per direction
+    (and their compatible / multi-positive versions, logged when the data has a truth file or
+    songs shared by several videos: lightning_app.truth_recall), and the loss."""
+    values = [*(f"R@{k}" for k in cfg.eval.ks), "MdR", "MnR"]
+    names = [f"val/{d}/{kind}{v}" for kind in ("", "compat/", "multi/")
+             for d in ("v2m", "m2v") for v in values]
+    return [*names, "val/loss"]
 
 
 def check_options(cfg: Config) -> None:
     """One-line ConfigErrors for options this run cannot honour (before any work)."""
     monitor = cfg.early_stopping.monitor
-    valid = monitorable_metrics(cfg)
-    if monitor and monitor not in valid:
-        raise ConfigError(f"config: 'early_stopping.monitor' has unknown metric {monitor!r} "
-                          f"(choose from: {', '.join(valid)})")
+    if monitor and monitor not in monitorable_metrics(cfg):
+        values = ",".join([*(f"R@{k}" for k in cfg.eval.ks), "MdR", "MnR"])
+        raise ConfigError(
+            f"config: 'early_stopping.monitor' has unknown metric {monitor!r} (choose from: "
+            f"val/{{v2m,m2v}}/{{{values}}}, the same under val/{{v2m,m2v}}/{{compat,multi}}/ "
+            "on data with truth, or val/loss)")
 
 
 def check_model_options(cfg: Config, model: RetrievalModule) -> None:
