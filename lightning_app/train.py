@@ -85,6 +85,9 @@ def train(cfg: Config) -> tuple[dict[str, float], dict[str, Any]]:
         warnings.filterwarnings("ignore", message=r"You requested to overfit")
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     best = checkpoint.best_model_path or None
+    # Testing the best checkpoint restores the callbacks' state as it was then: keep the
+    # per-round history of the whole run.
+    histories = [(cb, [dict(h) for h in cb.history]) for cb in training_set_changes]
     results = trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=True,
                            verbose=False)
     # Exact retrieval metrics from the callback; the test loss from Lightning's results.
@@ -96,10 +99,10 @@ def train(cfg: Config) -> tuple[dict[str, float], dict[str, Any]]:
             "best_val": _float(checkpoint.best_model_score), "git_commit": commit,
             "seed": cfg.seed, "experiment": cfg.name,
         })
-        for callback in training_set_changes:
+        for callback, history in histories:
             # Per-round counts (flagged, re-assigned, precision/recall vs planted noise, ...).
             name = "self_training" if isinstance(callback, SelfTraining) else "back_retrieval"
-            write_json(run_dir / f"{name}.json", callback.history)
+            write_json(run_dir / f"{name}.json", history)
         print(metrics_table(metrics, "test", title=f"{cfg.name}: test metrics ({run_dir})"))
         # Per-query results (parquet, W&B table), optional embeddings and report.html.
         write_test_outputs(cfg, run_dir, recall, datamodule, metrics, loggers,

@@ -42,6 +42,7 @@ def test_saliency_mixing_self_training_and_the_unpaired_pool_in_train(tmp_path):
         assert 0.0 <= float(r["train/mix/b_content"]) <= 1.0
         assert 0.0 <= float(r["train/mix/a_survives"]) <= 1.0
     assert not any(r.get("train/mix_frac") for r in rows if r["epoch"] == "0")
+    # the whole run's rounds, even when the best checkpoint (tested) predates the last one
     rounds = json.loads((run_dir / "self_training.json").read_text())
     assert [int(r["round"]) for r in rounds] == [1, 2]
     assert all(0.0 <= r["flag_precision"] <= 1.0 for r in rounds)
