@@ -75,7 +75,8 @@ _MODEL_DEFAULTS: dict[str, Any] = {
     "learnable_temperature": True,
     "saliency": True,
     "mixing": {
-        "enabled": True,
+        # Off by default: measured no better than no mixing (docs/methods.md, SSVMR).
+        "enabled": False,
         "mode": "saliency",
         "saliency_source": "gradient",
         "window_frac": 0.1,

@@ -158,7 +158,7 @@ def ssvmr(saliency: bool = True, **mixing) -> SSVMR:
     for side in ("video_encoder", "music_encoder"):
         cfg[side] = {"kind": "transformer", "d_model": 16, "layers": 1, "heads": 2,
                      "dropout": 0.0}
-    cfg["mixing"].update(mixing)
+    cfg["mixing"].update({"enabled": True, **mixing})  # mixing is off by default
     return SSVMR(cfg, dataclasses.asdict(OptimConfig()))
 
 

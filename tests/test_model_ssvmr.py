@@ -32,7 +32,7 @@ def make_model(kind: str = "transformer", saliency: bool = True, dropout: float 
     cfg.update(video_dim=12, music_dim=8, embed_dim=16, saliency=saliency)
     for side in ("video_encoder", "music_encoder"):
         cfg[side] = {"kind": kind, "d_model": 16, "layers": 1, "heads": 2, "dropout": dropout}
-    cfg["mixing"].update(mixing)
+    cfg["mixing"].update({"enabled": True, **mixing})
     return SSVMR(cfg, OPTIM)
 
 
@@ -346,7 +346,7 @@ def test_config_defaults_and_validation():
     m = SSVMR({"mixing": {"prob": 0.25}}, OPTIM)
     hp = m.hparams["model"]
     assert hp["video_dim"] == 512 and hp["saliency"] is True
-    assert hp["mixing"] == {"enabled": True, "mode": "saliency", "saliency_source": "gradient",
+    assert hp["mixing"] == {"enabled": False, "mode": "saliency", "saliency_source": "gradient",
                             "window_frac": 0.1, "label_weight": "length", "keep_clean": True,
                             "start_epoch": 0, "prob": 0.25, "min_span": 0.1, "max_span": 0.5,
                             "distribution": "uniform", "beta_a": 2.0, "beta_b": 2.0}

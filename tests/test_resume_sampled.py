@@ -19,7 +19,7 @@ def _cfg(tmp_path, runs: str, *extra: str):
         "data.synthetic.pairs=500", "data.synthetic.val=100", "data.synthetic.test=100",
         "data.synthetic.frames=12", "data.frames=6", "data.batch_size=100",
         "data.eval_batch_size=100", "optim.warmup_steps=0", "optim.scheduler=constant",
-        "self_training.epochs_per_round=1",
+        "self_training.epochs_per_round=1", "model.ssvmr.mixing.enabled=true",
         "self_training.rounds=2", "trainer.enable_progress_bar=false",
         "logger.wandb.mode=disabled", *extra,
     ])

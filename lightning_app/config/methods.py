@@ -60,7 +60,9 @@ class IICLVMConfig:
 class MixingConfig:
     """SSVMR span-level mixing (reconstruction after SSMix, docs/methods.md)."""
 
-    enabled: bool = True
+    # Off by default: in our studies it was no better than no mixing, and clearly worse when
+    # filler frames look like real content (docs/methods.md, SSVMR).
+    enabled: bool = False
     # saliency: B's most salient window over A's least salient one; random_aligned: a random
     # span of B at the same positions in A (the project's first reconstruction, an ablation).
     mode: str = choice("saliency", ("saliency", "random_aligned"))
