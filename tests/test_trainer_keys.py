@@ -33,7 +33,7 @@ def overrides(data_root, tmp_path, *extra: str) -> list[str]:
         f"data.batch_size={TRAIN_BATCH}", f"data.eval_batch_size={EVAL_BATCH}",
         "model.vmnet.music_hidden=[64]", "model.vmnet.video_hidden=[64]",
         "model.vmnet.embed_dim=32", "loss.structure_k=20", "loss.num_negatives=20",
-        "trainer.max_epochs=2", "trainer.enable_progress_bar=false",
+        "trainer.max_epochs=2", "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false",
         "logger.wandb.mode=disabled", *extra,
     ]
 
