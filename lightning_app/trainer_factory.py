@@ -52,13 +52,16 @@ def monitorable_metrics(cfg: Config) -> list[str]:
 
 def check_options(cfg: Config) -> None:
     """One-line ConfigErrors for options this run cannot honour (before any work)."""
-    monitor = cfg.early_stopping.monitor
-    if monitor and monitor not in monitorable_metrics(cfg):
-        values = ",".join([*(f"R@{k}" for k in cfg.eval.ks), "MdR", "MnR"])
-        raise ConfigError(
-            f"config: 'early_stopping.monitor' has unknown metric {monitor!r} (choose from: "
-            f"val/{{v2m,m2v}}/{{{values}}}, the same under val/{{v2m,m2v}}/{{compat,multi}}/ "
-            "on data with truth, or val/loss)")
+    known = monitorable_metrics(cfg)
+    values = ",".join([*(f"R@{k}" for k in cfg.eval.ks), "MdR", "MnR"])
+    choices = (f"val/{{v2m,m2v}}/{{{values}}}, the same under val/{{v2m,m2v}}/{{compat,multi}}/ "
+               "on data with truth, or val/loss")
+    for key, monitor in (("early_stopping.monitor", cfg.early_stopping.monitor),
+                         ("checkpoint.monitor", cfg.checkpoint.monitor)):
+        # Training values (train/...) depend on the model; Lightning names a missing one.
+        if monitor and not monitor.startswith("train/") and monitor not in known:
+            raise ConfigError(
+                f"config: '{key}' has unknown metric {monitor!r} (choose from: {choices})")
 
 
 def check_model_options(cfg: Config, model: RetrievalModule) -> None:

@@ -163,3 +163,12 @@ def test_unknown_early_stopping_monitor_is_one_line_before_any_work(data_root, t
     assert "'early_stopping.monitor' has unknown metric 'val/v2m/R@7'" in err
     assert "val/{v2m,m2v}/{R@1,R@5,R@10,R@50,R@100,MdR,MnR}" in err and "val/loss" in err
     assert not (tmp_path / "runs").exists() and not (tmp_path / "never_written").exists()
+
+
+def test_unknown_checkpoint_monitor_is_one_line_before_any_work(data_root, tmp_path, capsys):
+    args = overrides(tmp_path / "never_written", tmp_path, "checkpoint.monitor=val/v2m/R@11")
+    code = main(["train", "quickstart", *args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "'checkpoint.monitor' has unknown metric 'val/v2m/R@11'" in err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "never_written").exists()
