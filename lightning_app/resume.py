@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 import torch
 import yaml
 
 from datamodules.atomic import write_text
-from lightning_app.config import Config, to_yaml
+from lightning_app.config import Config, flatten, to_yaml
 from lightning_app.errors import ConfigError
 from lightning_app.run_dir import (
     LAUNCH_FILE,
@@ -108,10 +107,10 @@ def check_same_config(run: Path, cfg: Config, where: str) -> None:
     if not path.is_file():
         raise ConfigError(f"{where}: {run} is not a run folder (no config.yaml)")
     try:
-        saved = _flatten(yaml.safe_load(path.read_text()) or {})
+        saved = flatten(yaml.safe_load(path.read_text()) or {})
     except yaml.YAMLError:
         raise ConfigError(f"{path}: not valid YAML") from None
-    now = _flatten(yaml.safe_load(to_yaml(cfg)))
+    now = flatten(yaml.safe_load(to_yaml(cfg)))
     missing = object()
     diff = sorted(k for k in saved.keys() | now.keys()
                   if k not in CHANGEABLE and saved.get(k, missing) != now.get(k, missing))
@@ -130,13 +129,3 @@ def checkpoint_position(ckpt: Path) -> tuple[int, int] | None:
         return int(state["epoch"]), int(state["global_step"])
     except Exception:  # an unreadable checkpoint fails loudly in trainer.fit instead
         return None
-
-
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in d.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out

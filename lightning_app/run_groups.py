@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from lightning_app.config.loading import flatten
 from lightning_app.errors import ConfigError
 
 EXCLUDED = ("seed", "run_dir", "resume", "description", "data.root", "data.store",
@@ -122,16 +123,6 @@ def _defaults() -> dict[str, Any]:
     from lightning_app.config import Config, to_dict
 
     return flatten(to_dict(Config()))
-
-
-def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in d.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def excluded(key: str) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -42,7 +43,12 @@ def load_config(
         layers.append((str(base), _read_yaml(base)))
     layers += _experiment_layers(experiments_dir, name, names, chain=())
     layers.append(("command line", _parse_overrides(overrides)))
+    layers.append(("experiment name", {"name": name}))
+    return _merge_layers(layers)
 
+
+def _merge_layers(layers: list[tuple[str, dict]]) -> Config:
+    """Merge (source, mapping) layers over the schema's defaults, each checked key by key."""
     merged = OmegaConf.structured(Config)
     for source, layer in layers:
         _check_keys(merged, layer, source, prefix="")
@@ -52,7 +58,6 @@ def load_config(
             key = getattr(e, "full_key", "") or "?"
             msg = str(e).splitlines()[0]
             raise ConfigError(f"{source}: bad value for '{key}': {msg}") from None
-    merged.name = name
     cfg = OmegaConf.to_object(merged)
     assert isinstance(cfg, Config)
     validate(cfg)
@@ -96,24 +101,23 @@ def config_with_overrides(saved: dict, overrides: list[str] | tuple[str, ...],
     `vmr eval` rebuilds a run's config from its checkpoint this way, then points it at other
     data or another split; errors in the saved config name `where`.
     """
-    merged = OmegaConf.structured(Config)
-    for source, layer in ((where, saved), ("command line", _parse_overrides(overrides))):
-        _check_keys(merged, layer, source, prefix="")
-        try:
-            merged = OmegaConf.merge(merged, layer)
-        except OmegaConfBaseException as e:
-            key = getattr(e, "full_key", "") or "?"
-            msg = str(e).splitlines()[0]
-            raise ConfigError(f"{source}: bad value for '{key}': {msg}") from None
-    cfg = OmegaConf.to_object(merged)
-    assert isinstance(cfg, Config)
-    validate(cfg)
-    return cfg
+    return _merge_layers([(where, saved), ("command line", _parse_overrides(overrides))])
 
 
 def to_dict(cfg: Config) -> dict:
     """The resolved config as plain containers (for YAML, JSON and W&B)."""
     return dataclasses.asdict(cfg)
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}: a nested config as dotted keys."""
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def to_yaml(cfg: Config) -> str:
