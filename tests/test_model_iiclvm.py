@@ -115,7 +115,7 @@ def test_video_weight_zero_skips_the_video_term_entirely():
 
 def test_clvtm_hashed_text_changes_the_video_embedding_and_adds_a_text_term():
     torch.manual_seed(0)
-    m = make_model(text="hashed").eval()
+    m = make_model(text="hashed", variant="mse").eval()
     b = make_batch()
     v = m.encode_video(b)
     b2 = dict(b, text=["something else entirely"] * 6)

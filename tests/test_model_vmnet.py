@@ -152,7 +152,7 @@ def test_adaptive_margin_routes_through_cmgsd_with_the_epoch_ramp():
     static = torch.cat([torch.nn.functional.normalize(batch["video"].mean(1), dim=-1),
                         torch.nn.functional.normalize(batch["music"].mean(1), dim=-1)], dim=-1)
     l_mv, l_vm = cmgsd_ranking_loss(mu, v, v.detach(), mu.detach(), 0.5, 100, 0.1, 0.2, 1.0,
-                                    static_feats=static)
+                                    static_feats=static, zscore="row", max_margin=0.5)
     assert float(parts["cmgsd_lambda"]) == 0.5
     torch.testing.assert_close(parts["rank_mv"], l_mv)
     torch.testing.assert_close(parts["rank_vm"], l_vm)

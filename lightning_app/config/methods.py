@@ -120,9 +120,10 @@ class CMGSDConfig:
     alpha: float = 0.2
     beta: float = 1.0
     # Upper bound of the adaptive margins; empty (null): unbounded, as the third-party port.
-    max_margin: float | None = None
+    # Defaults (0.5, row) from the registered tuning study cmgsd_tuning (docs/methods.md).
+    max_margin: float | None = 0.5
     # z-score of the distances over the whole batch (the port) or per anchor row.
-    zscore: str = choice("batch", ("batch", "row"))
+    zscore: str = choice("row", ("batch", "row"))
     # Distances from the joint embeddings being trained, from separate single-modal heads on
     # the pre-projection features, or from a momentum (EMA) copy of the branches.
     dynamic_source: str = choice("joint", ("joint", "heads", "ema"))
@@ -155,10 +156,13 @@ class LossConfig:
 
 @dataclass
 class IILossConfig:
-    """II-CLVM's inter-intra loss; weight 0 gives the plain contrastive baseline."""
+    """II-CLVM's inter-intra loss; weight 0 gives the plain contrastive baseline.
 
-    weight: float = 1.0
-    variant: str = choice("mse", ("mse", "kl", "corr", "rank"))
+    Defaults (corr at weight 10) from the registered tuning studies (docs/methods.md).
+    """
+
+    weight: float = 10.0
+    variant: str = choice("corr", ("mse", "kl", "corr", "rank"))
     # "batch": subtract each side's batch mean before the cosines (removes the raw features'
     # common offset, which otherwise pins all raw cosines near 1).
     center: str = choice("none", ("none", "batch"))
