@@ -4,12 +4,13 @@
 # one `vmr sweep` per condition (each condition has its own data root; the budget is 192
 # optimizer steps of batch 250 everywhere, validation every ~24-32 steps).
 # Usage: experiments/studies/ii_grid.sh [SEEDS] [OUT]   (defaults: 0, runs/sweeps/ii_grid)
+# SHARES="0.0 0.3" runs only those rows (e.g. to split the grid over two shells).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SEEDS=${1:-0}
 OUT=${2:-runs/sweeps/ii_grid}
 VMR=${VMR:-.venv/bin/vmr}
-for share in 0.0 0.3 1.0; do
+for share in ${SHARES:-0.0 0.3 1.0}; do
   for n in 500 1000 4000; do
     case $n in
       500) epochs=96; every=12 ;;
