@@ -85,7 +85,20 @@ def wandb_run_id(run_dir: Path) -> str:
 
 
 class _AppendingWriter(ExperimentWriter):
-    """Lightning's CSV writer, but a resumed run keeps the rows logged up to its checkpoint."""
+    """Lightning's CSV writer, but a resumed run keeps the rows logged up to its checkpoint,
+    and a new column never truncates the file in place."""
+
+    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
+        # Lightning rewrites the whole file (open "w", then write) when a key first appears,
+        # e.g. the epoch-end values logged right after a checkpoint: a process killed in
+        # between left a truncated log that lost the epochs the checkpoint covers.
+        path = Path(self.metrics_file_path)
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fieldnames)
+            writer.writeheader()
+            writer.writerows(rows)
 
     def __init__(self, log_dir: str, resume_at: tuple[int, int] | None):
         self.resume_at = resume_at
