@@ -158,10 +158,11 @@ class LossConfig:
 class IILossConfig:
     """II-CLVM's inter-intra loss; weight 0 gives the plain contrastive baseline.
 
-    Defaults (corr at weight 10) from the registered tuning studies (docs/methods.md).
+    Defaults (corr at weight 1) from the registered tuning and follow-up studies
+    (docs/methods.md).
     """
 
-    weight: float = 10.0
+    weight: float = 1.0
     variant: str = choice("corr", ("mse", "kl", "corr", "rank"))
     # "batch": subtract each side's batch mean before the cosines (removes the raw features'
     # common offset, which otherwise pins all raw cosines near 1).
