@@ -104,11 +104,8 @@ def reference_ranks(queries: np.ndarray, gallery: np.ndarray, rows: np.ndarray,
 
 
 def case_ours(n: int, repeats: int, tm_directions: tuple[str, ...]) -> dict[str, Any]:
-    from lightning_app.retrieval import (
-        metrics_from_ranks,
-        paired_retrieval_ranks,
-        single_positive_ranks,
-    )
+    from lightning_app.retrieval import metrics_from_ranks, paired_retrieval_ranks
+    from lightning_app.search import single_positive_ranks
 
     video, music = make_pairs(n)
     keys = torch.arange(n)
@@ -327,7 +324,7 @@ def run(ctx) -> dict[str, Any]:
         details.append({"n": n, "ours": _strip(ours), "reference": _strip(ref)})
     n_prof = max(n for n in sizes if n <= 10000)
     video, music = make_pairs(n_prof)
-    from lightning_app.retrieval import single_positive_ranks
+    from lightning_app.search import single_positive_ranks
 
     c = min(CHUNK, n_prof)
     ops = top_ops(lambda: single_positive_ranks(video[:c], music, torch.arange(c)))

@@ -1,6 +1,6 @@
 """Group `topk`: exact top-10 by dot product, 100k queries x 100k gallery items, d = 128.
 
-Ours: `lightning_app.retrieval.topk_search` (chunked, deterministic tie order), what back
+Ours: `lightning_app.search.topk_search` (chunked, deterministic tie order), what back
 retrieval and self-training run. Reference: faiss `IndexFlatIP.search` (exact), same
 threads. d = 128 (II-CLVM's embedding size in iiclvm_synthetic) keeps the pair of runs short
 on a small CPU; 512-d would be 4x the arithmetic.
@@ -67,7 +67,7 @@ def run(ctx) -> dict[str, Any]:
     queries = make(n_measured, 2)  # i.i.d.: the measured subset of the n_total queries
     g_np, q_np = gallery.numpy(), queries.numpy()
 
-    from lightning_app.retrieval import topk_search
+    from lightning_app.search import topk_search
 
     log(f"topk: ours, {n_measured} of {n_total} queries x {n_gallery} items, d={DIM}")
     holder: dict[str, Any] = {}

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from datamodules.atomic import atomic_file, save_npy, write_json
-from lightning_app.retrieval import dedupe_by_key, paired_retrieval_ranks, topk_search
+from lightning_app.retrieval import dedupe_by_key, paired_retrieval_ranks
+from lightning_app.search import topk_search
 
 DIRECTIONS = ("v2m", "m2v")
 

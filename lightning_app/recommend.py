@@ -7,7 +7,7 @@ embeddings keyed by the checkpoint's SHA-256, the extractor and the file list, s
 rebuilt exactly when the checkpoint or the files change. The query goes through the same
 extractor the training data did (the record the checkpoint carries, see
 datamodules/extract/specs.py) and the same frame sampling as evaluation, then the exact
-top-k search of lightning_app.retrieval.
+top-k search of lightning_app.search.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from lightning_app.checkpoint_file import read_checkpoint
 from lightning_app.config import Config, config_from_dict
 from lightning_app.errors import ConfigError
 from lightning_app.registry import build_model
-from lightning_app.retrieval import topk_search
+from lightning_app.search import topk_search
 from models.base import RetrievalModule
 
 log = logging.getLogger("vmr")

@@ -16,6 +16,9 @@ from collections.abc import Sequence
 
 import torch
 
+# Ranks -> numbers live in their own module; re-exported here, where callers look for them.
+from lightning_app.rank_metrics import metrics_from_ranks, recall_curve
+
 __all__ = [
     "dedupe_by_key",
     "metrics_from_ranks",
@@ -24,8 +27,6 @@ __all__ = [
     "recall_curve",
     "retrieval_metrics",
     "retrieval_ranks",
-    "single_positive_ranks",
-    "topk_search",
 ]
 
 Positives = torch.Tensor | Sequence
@@ -174,42 +175,6 @@ def retrieval_ranks(
     return _ranks_from_pairs(query_emb, gallery_emb, rows, cols, chunk_size)
 
 
-def metrics_from_ranks(ranks: torch.Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
-    """{"R@k": fraction of ranks <= k for k in ks, "MdR": median rank, "MnR": mean rank}.
-
-    The median follows NumPy (mean of the two middle values for an even count) rather than
-    torch.median (lower middle value), so results match the usual published tables.
-    """
-    if ranks.numel() == 0:
-        raise ValueError("metrics_from_ranks: no ranks given")
-    r = ranks.reshape(-1).double()
-    out: dict[str, float] = {}
-    for k in ks:
-        if int(k) < 1:
-            raise ValueError(f"recall cut-offs must be >= 1, got {k}")
-        out[f"R@{int(k)}"] = float((r <= k).double().mean())
-    s = r.sort().values
-    n = s.numel()
-    median = s[n // 2] if n % 2 == 1 else (s[n // 2 - 1] + s[n // 2]) / 2
-    out["MdR"] = float(median)
-    out["MnR"] = float(r.mean())
-    return out
-
-
-def recall_curve(ranks: torch.Tensor, max_k: int) -> torch.Tensor:
-    """FloatTensor [max_k] with R@1, ..., R@max_k (fractions), on the ranks' device."""
-    if max_k < 1:
-        raise ValueError(f"max_k must be >= 1, got {max_k}")
-    if ranks.numel() == 0:
-        raise ValueError("recall_curve: no ranks given")
-    r = ranks.reshape(-1).long()
-    if bool((r < 1).any()):
-        raise ValueError("recall_curve: ranks are 1-based and must be >= 1")
-    # Ranks beyond max_k all land in one overflow bin, so the histogram stays max_k + 2 long.
-    hist = torch.bincount(r.clamp(max=max_k + 1), minlength=max_k + 2)
-    return hist[1 : max_k + 1].cumsum(0).float() / r.numel()
-
-
 def retrieval_metrics(
     query_emb: torch.Tensor,
     gallery_emb: torch.Tensor,
@@ -314,105 +279,3 @@ def paired_retrieval_metrics(
         for direction, r in ranks.items()
         for k, v in metrics_from_ranks(r, ks).items()
     }
-
-
-# --------------------------------------------------------------------------------------------
-# Search (added for self-training and back retrieval)
-# --------------------------------------------------------------------------------------------
-
-
-def single_positive_ranks(
-    query_emb: torch.Tensor,
-    gallery_emb: torch.Tensor,
-    positive: torch.Tensor,
-    chunk_size: int = 4096,
-) -> torch.Tensor:
-    """:func:`retrieval_ranks` for exactly one positive per query, given as LongTensor [Q].
-
-    Same ranking convention (ties with negatives count against the query), without the
-    per-query Python loop that the general ``positives`` forms need, so it scales to every
-    training pair.
-    """
-    _check_embeddings(query_emb, gallery_emb)
-    num_queries, num_gallery = query_emb.shape[0], gallery_emb.shape[0]
-    if positive.dim() != 1 or positive.shape[0] != num_queries:
-        raise ValueError(
-            f"positive must be a 1-D tensor with one gallery index per query ({num_queries}), "
-            f"got shape {tuple(positive.shape)}"
-        )
-    if positive.is_floating_point() or positive.dtype == torch.bool:
-        raise ValueError(f"positive must hold integer gallery indices, got {positive.dtype}")
-    cols = positive.to(device="cpu", dtype=torch.long)
-    if bool(((cols < 0) | (cols >= num_gallery)).any()):
-        raise ValueError(f"positive has a gallery index out of range [0, {num_gallery})")
-    return _ranks_from_pairs(query_emb, gallery_emb, torch.arange(num_queries), cols, chunk_size)
-
-
-def topk_search(
-    query: torch.Tensor,
-    gallery: torch.Tensor,
-    k: int,
-    chunk_size: int = 4096,
-    exclude: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact top-``k`` gallery items by dot product for every query.
-
-    Returns ``(scores, indices)``: float32 [Q, k] and int64 [Q, k] on the query's device,
-    best first. Scores are computed in float32, ``chunk_size`` queries at a time, so memory
-    stays at a few ``chunk_size x G`` blocks (never Q x G).
-
-    Ties: among equal scores the lower gallery index comes first (deterministic on any
-    device, unlike ``torch.topk``).
-
-    ``exclude``: optional integer tensor [Q] naming one gallery index per query to skip (e.g.
-    the query itself when query and gallery are the same set), or -1 for none. ``k`` must not
-    exceed the number of gallery items left to any query.
-    """
-    _check_embeddings(query, gallery)
-    num_queries, num_gallery = query.shape[0], gallery.shape[0]
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    device = query.device
-    excluding = False
-    if exclude is not None:
-        if exclude.dim() != 1 or exclude.shape[0] != num_queries:
-            raise ValueError(
-                f"exclude must be a 1-D tensor with one entry per query ({num_queries}), "
-                f"got shape {tuple(exclude.shape)}"
-            )
-        if exclude.is_floating_point() or exclude.dtype == torch.bool:
-            raise ValueError(f"exclude must hold integer gallery indices, got {exclude.dtype}")
-        exclude = exclude.to(device=device, dtype=torch.long)
-        if bool(((exclude < -1) | (exclude >= num_gallery)).any()):
-            raise ValueError(f"exclude entries must be -1 or in [0, {num_gallery})")
-        excluding = bool((exclude >= 0).any())
-    available = num_gallery - 1 if excluding else num_gallery
-    if not 1 <= k <= available:
-        raise ValueError(
-            f"topk_search: k={k} must be in [1, {available}] (gallery of {num_gallery} items"
-            + (", one excluded per query)" if excluding else ")")
-        )
-    gal = gallery.to(device).float()
-    out_scores = torch.empty((num_queries, k), dtype=torch.float32, device=device)
-    out_index = torch.empty((num_queries, k), dtype=torch.long, device=device)
-    for start in range(0, num_queries, chunk_size):
-        stop = min(start + chunk_size, num_queries)
-        scores = query[start:stop].float() @ gal.T  # [c, G]
-        if excluding:
-            ex = exclude[start:stop]
-            rows = torch.nonzero(ex >= 0).reshape(-1)
-            scores[rows, ex[rows]] = float("-inf")  # finite embeddings: never selected
-        kth = scores.topk(k, dim=1).values[:, -1:]  # the k-th best score per query
-        above = scores > kth
-        tied = scores == kth
-        # Fill the slots left after the strictly better items with the lowest-index ties.
-        # int32 throughout: an int64 sum and promotion would copy the chunk twice.
-        need = k - above.sum(dim=1, keepdim=True, dtype=torch.int32)
-        chosen = above | (tied & (tied.cumsum(dim=1, dtype=torch.int32) <= need))
-        index = chosen.nonzero()[:, 1].reshape(stop - start, k)  # ascending per row
-        picked = scores.gather(1, index)
-        # A stable sort keeps ascending index order among equal scores.
-        picked, order = picked.sort(dim=1, descending=True, stable=True)
-        out_scores[start:stop] = picked
-        out_index[start:stop] = index.gather(1, order)
-    return out_scores, out_index

@@ -457,6 +457,14 @@ def _ddp_worker(rank, world, port, cfg, state, cases, out_dir):
         dist.destroy_process_group()
 
 
+def _joined(plans, offsets, field: str) -> torch.Tensor | None:
+    """One rank-ordered MixPlan field: partner indices shifted by each rank's row offset."""
+    parts = [getattr(p, field) for p in plans]
+    if parts[0] is None:  # e.g. source_start: aligned windows on every rank
+        return None
+    return torch.cat([x + (o if field == "partner" else 0) for x, o in zip(parts, offsets)])
+
+
 @pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path):
     """Rank offsets: the mean of two ranks' mixed losses is the one-process loss."""
@@ -485,14 +493,7 @@ def test_two_processes_match_one_process(tmp_path):
     for c, (b, plans) in enumerate(cases):
         offsets = [0, len(plans[0].partner)]
 
-        def joined(field: str) -> torch.Tensor | None:
-            parts = [getattr(p, field) for p in plans]
-            if parts[0] is None:  # e.g. source_start: aligned windows on every rank
-                return None
-            return torch.cat([x + (o if field == "partner" else 0)
-                              for x, o in zip(parts, offsets)])
-
-        glob = MixPlan(*(joined(f) for f in MixPlan._fields))
+        glob = MixPlan(*(_joined(plans, offsets, f) for f in MixPlan._fields))
         want = m.train_loss(b, glob)["loss"].detach()
         torch.testing.assert_close((per_rank[0][c] + per_rank[1][c]) / 2, want)
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_app.retrieval import retrieval_ranks, single_positive_ranks, topk_search
+from lightning_app.retrieval import retrieval_ranks
+from lightning_app.search import single_positive_ranks, topk_search
 
 
 def brute_topk(q: np.ndarray, g: np.ndarray, k: int, exclude=None):

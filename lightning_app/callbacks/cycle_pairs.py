@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from lightning_app.retrieval import dedupe_by_key, topk_search
+from lightning_app.retrieval import dedupe_by_key
+from lightning_app.search import topk_search
 
 
 @dataclass

@@ -22,7 +22,8 @@ import torch
 
 from datamodules.train_pairs import TrainPairs
 from lightning_app.callbacks.truth import PairTruth, fraction
-from lightning_app.retrieval import dedupe_by_key, single_positive_ranks, topk_search
+from lightning_app.retrieval import dedupe_by_key
+from lightning_app.search import single_positive_ranks, topk_search
 
 ACTIONS = ("drop", "downweight", "reassign")
 FALLBACKS = ("downweight", "drop", "keep")
