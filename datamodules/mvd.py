@@ -28,7 +28,6 @@ key `salient` (datamodules.salient).
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
@@ -44,7 +43,8 @@ from datamodules.base import StoreDataModule
 from datamodules.errors import DataError
 from datamodules.feature_store import SPLITS, Item, ModalitySpec, StoreSplit, read_meta, write_store
 from datamodules.himv200k import load_feature
-from datamodules.mvd_unpaired import read_unpaired, unpaired_files, unpaired_items, valid_name
+from datamodules.id_csv import id_rows
+from datamodules.mvd_unpaired import read_unpaired, unpaired_files, unpaired_items
 from datamodules.progress import progress_bar
 from datamodules.salient import read_spans, salient_frames
 from datamodules.sampling import SparseFrameDataset
@@ -86,26 +86,7 @@ def split_files(root: Path) -> dict[str, Path]:
 
 def read_split(path: Path) -> list[Row]:
     """The rows of one split CSV, with each row's file:line."""
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            fields = [c.strip() for c in reader.fieldnames or ()]
-            if not set(COLUMNS) <= set(fields):
-                raise DataError(f"{path}:1: header must name the columns video_id and music_id, "
-                                f"got {','.join(fields) or 'nothing'}")
-            reader.fieldnames = fields
-            rows = []
-            for rec in reader:
-                where = f"{path}:{reader.line_num}"
-                vid, mid = (str(rec.get(c) or "").strip() for c in COLUMNS)
-                for column, value in zip(COLUMNS, (vid, mid)):
-                    if not valid_name(value):
-                        raise DataError(f"{where}: {column} {value!r} is not a valid file name")
-                rows.append(Row(vid, mid, where))
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except csv.Error as e:
-        raise DataError(f"{path}: malformed CSV ({e})") from None
+    rows = [Row(vid, mid, where) for where, (vid, mid) in id_rows(path, COLUMNS)]
     if not rows:
         raise DataError(f"{path}: no rows (only a header)")
     return rows

@@ -13,7 +13,6 @@ video, an unpaired song may not be named by any split row (DataError naming file
 
 from __future__ import annotations
 
-import csv
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 from datamodules.errors import DataError
 from datamodules.feature_store import Item
 from datamodules.himv200k import load_feature
+from datamodules.id_csv import id_rows
 from datamodules.unpaired import SIDES, UNPAIRED_SPLITS
 
 UNPAIRED_LISTS = {"video": "unpaired_videos.csv", "music": "unpaired_music.csv"}
@@ -34,10 +34,6 @@ class Listed(NamedTuple):
     where: str  # "<csv>:<line>"
 
 
-def valid_name(name: str) -> bool:
-    return bool(name) and name not in (".", "..") and not set(name) & {"/", "\\", "\0"}
-
-
 def unpaired_files(root: Path) -> dict[str, Path]:
     """The pool lists present under `root`, by side."""
     files = {side: root / "splits" / name for side, name in UNPAIRED_LISTS.items()}
@@ -46,28 +42,12 @@ def unpaired_files(root: Path) -> dict[str, Path]:
 
 def _read_list(path: Path, side: str) -> list[Listed]:
     column = f"{side}_id"
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            fields = [c.strip() for c in reader.fieldnames or ()]
-            if column not in fields:
-                raise DataError(f"{path}:1: header must name the column {column}, got "
-                                f"{','.join(fields) or 'nothing'}")
-            reader.fieldnames = fields
-            items, seen = [], {}
-            for rec in reader:
-                where = f"{path}:{reader.line_num}"
-                key = str(rec.get(column) or "").strip()
-                if not valid_name(key):
-                    raise DataError(f"{where}: {column} {key!r} is not a valid file name")
-                if key in seen:
-                    raise DataError(f"{where}: {column} {key} repeats {seen[key]}")
-                seen[key] = where
-                items.append(Listed(key, where))
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except csv.Error as e:
-        raise DataError(f"{path}: malformed CSV ({e})") from None
+    items, seen = [], {}
+    for where, (key,) in id_rows(path, (column,)):
+        if key in seen:
+            raise DataError(f"{where}: {column} {key} repeats {seen[key]}")
+        seen[key] = where
+        items.append(Listed(key, where))
     if not items:
         raise DataError(f"{path}: no rows (only a header); delete the file for no unpaired pool")
     return items
