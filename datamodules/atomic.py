@@ -1,12 +1,15 @@
 """Atomic writes: a reader (or a crashed job) never sees a half-written file or folder.
 
 Everything is first written under a temporary name in the same directory (so the final
-`os.replace` is a rename on one filesystem) and only then moved into place.
+`os.replace` is a rename on one filesystem) and only then moved into place. A full disk or a
+folder that is not writable stops with a StorageError naming the path (one line); the
+temporary file or folder is removed, so nothing half-written is left.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -16,6 +19,44 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from datamodules.errors import StorageError
+
+# errno -> the cause as a user reads it.
+_NO_SPACE = {errno.ENOSPC: "no space left on device",
+             errno.EDQUOT: "no space left on device (disk quota exceeded)"}
+_NOT_WRITABLE = {errno.EACCES: "not writable (permission denied)",
+                 errno.EPERM: "not writable (operation not permitted)",
+                 errno.EROFS: "not writable (read-only file system)"}
+
+
+def storage_reason(error: BaseException) -> str | None:
+    """'no space left on device' / 'not writable (...)' for such an OSError, else None."""
+    if not isinstance(error, OSError):
+        return None
+    return _NO_SPACE.get(error.errno) or _NOT_WRITABLE.get(error.errno)
+
+
+def storage_message(error: BaseException, path: str | os.PathLike | None = None) -> str | None:
+    """One line naming the path and the cause, or None for other errors."""
+    reason = storage_reason(error)
+    if reason is None:
+        return None
+    # A failed write names no file; a failed open/mkdir names the one it tried.
+    where = path if path is not None else getattr(error, "filename", None)
+    return f"{where}: {reason}" if where is not None else reason
+
+
+@contextlib.contextmanager
+def storage_errors(path: str | os.PathLike) -> Iterator[None]:
+    """Turn a full disk or an unwritable folder inside the block into a StorageError."""
+    try:
+        yield
+    except OSError as e:
+        message = storage_message(e, path)
+        if message is None:
+            raise
+        raise StorageError(message) from None
 
 
 def _read_umask() -> int:
@@ -44,11 +85,13 @@ def atomic_file(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     (``np.save`` appends ``.npy`` otherwise).
     """
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_path(final, suffix)
+    with storage_errors(final.parent):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _temp_path(final, suffix)
     try:
-        yield tmp
-        os.replace(tmp, final)
+        with storage_errors(final):
+            yield tmp
+            os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -74,12 +117,14 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     On failure the temporary folder is removed and any existing `path` is left untouched.
     """
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    with storage_errors(final.parent):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     # mkdtemp creates 0700; give the final folder the permissions a plain mkdir() would.
     os.chmod(tmp, 0o777 & ~_UMASK)
     try:
-        yield tmp
+        with storage_errors(final):
+            yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

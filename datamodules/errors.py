@@ -7,3 +7,11 @@ file, id, key or value at fault.
 
 class DataError(ValueError):
     """Bad or missing input data (a file, an id, a split)."""
+
+
+class StorageError(DataError):
+    """The disk is full or a folder is not writable: a whole job stops on it (one line).
+
+    A subclass of DataError so the CLI prints it as one line with exit code 2; batch jobs
+    that record a bad input file and go on must let this one through.
+    """

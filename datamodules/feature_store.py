@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -24,10 +25,14 @@ import numpy as np
 
 from datamodules.atomic import atomic_directory
 from datamodules.errors import DataError
+from datamodules.npy_stream import NpyStream
+from datamodules.store_check import parse_index, store_problem
+from datamodules.store_lock import store_lock
+
+log = logging.getLogger("vmr")
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
-_COPY_ROWS = 1 << 16
 
 
 @dataclass
@@ -49,14 +54,19 @@ class ModalitySpec:
 
 
 class _SplitWriter:
-    """Streams one split: frames go to raw files, rows to the index; `close` makes .npy files."""
+    """Streams one split: frames go straight into the .npy files, rows into the index.
+
+    Each .npy starts with a header of fixed size (datamodules.npy_stream) that `close`
+    rewrites with the final frame count, so the frames are written once, with plain file
+    writes (a memory map on a full disk would crash the process instead of raising).
+    """
 
     def __init__(self, folder: Path, modalities: dict[str, ModalitySpec]):
         self.folder = folder
         folder.mkdir(parents=True)
         self.modalities = modalities
-        self.raw = {m: open(folder / f".{m}.raw", "wb") for m in modalities}
-        self.frames = dict.fromkeys(modalities, 0)
+        self.npy = {m: NpyStream(folder / f"{m}.npy", s.dtype, s.dim)
+                    for m, s in modalities.items()}
         self.index = open(folder / "index.jsonl", "w")
         self.count = 0
 
@@ -64,36 +74,32 @@ class _SplitWriter:
         row: dict[str, Any] = {"id": item.id, "music_id": item.music_id}
         arrays = {name: _checked(item, name, spec) for name, spec in self.modalities.items()}
         for name, arr in arrays.items():
-            row[f"{name}_offset"] = self.frames[name]
+            row[f"{name}_offset"] = self.npy[name].frames
             row[f"{name}_length"] = len(arr)
-            self.raw[name].write(arr.tobytes())
-            self.frames[name] += len(arr)
+            self.npy[name].write(arr)
         row.update(item.extra)
         self.index.write(json.dumps(row) + "\n")
         self.count += 1
 
     def abort(self) -> None:
-        """Close the files without converting them (the caller discards the folder)."""
+        """Close the files as they are (the caller discards the folder)."""
         self.index.close()
-        for f in self.raw.values():
-            f.close()
+        for f in self.npy.values():
+            f.abort()
 
     def close(self) -> dict[str, Any]:
         self.index.close()
-        info: dict[str, Any] = {"count": self.count, "modalities": {}}
-        for name, spec in self.modalities.items():
-            self.raw[name].close()
-            raw_path = self.folder / f".{name}.raw"
-            final = self.folder / f"{name}.npy"
-            shape = (self.frames[name], spec.dim)
-            out = np.lib.format.open_memmap(final, mode="w+", dtype=spec.dtype, shape=shape)
-            src = np.memmap(raw_path, dtype=spec.dtype, mode="r", shape=shape) if shape[0] else None
-            for start in range(0, shape[0], _COPY_ROWS):
-                out[start : start + _COPY_ROWS] = src[start : start + _COPY_ROWS]
-            out.flush()
-            del out, src
-            raw_path.unlink()
-            info["modalities"][name] = {"frames": shape[0], "sha256": sha256_file(final)}
+        info: dict[str, Any] = {"count": self.count, "modalities": {}, "files": {}}
+        for name, stream in self.npy.items():
+            stream.close()
+            digest = sha256_file(stream.path)
+            info["modalities"][name] = {"frames": stream.frames, "sha256": digest}
+            info["files"][stream.path.name] = {"bytes": stream.path.stat().st_size,
+                                               "sha256": digest}
+        index = self.folder / "index.jsonl"
+        # Sizes are checked every time the store is opened, checksums by `vmr prepare --verify`.
+        info["files"]["index.jsonl"] = {"bytes": index.stat().st_size,
+                                        "sha256": sha256_file(index)}
         return info
 
 
@@ -134,9 +140,29 @@ def write_store(
 ) -> Path:
     """Write `splits` (name -> items) atomically to `out`; returns `out`.
 
-    An error raised while iterating the items leaves any existing store untouched.
+    An error raised while iterating the items leaves any existing store untouched. Under
+    the store's lock (datamodules.store_lock): a process that had to wait for another one
+    building the same store from the same source uses that store instead of writing it again.
     """
     out = Path(out)
+    with store_lock(out) as lock:
+        if lock.waited and _built_from(out, source):
+            log.info("vmr: %s was built from the same source by another process; using it", out)
+            return out
+        return _write_store(out, splits, modalities, source)
+
+
+def _built_from(store: Path, source: dict[str, Any]) -> bool:
+    try:
+        meta = read_meta(store)
+    except DataError:
+        return False
+    same = meta.get("source") == json.loads(json.dumps(source))
+    return same and store_problem(store) is None
+
+
+def _write_store(out: Path, splits: dict[str, Iterable[Item]],
+                 modalities: dict[str, ModalitySpec], source: dict[str, Any]) -> Path:
     meta: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -191,15 +217,17 @@ class StoreSplit:
             raise DataError(f"{self.root}: store has no split '{split}' (has: {have})")
         self.split = split
         folder = self.root / split
-        with open(folder / "index.jsonl") as f:
-            self.rows = [json.loads(line) for line in f]
         self.modalities = {
             m: ModalitySpec(
                 v["dim"], v["dtype"], tuple(v["dequantize"]) if v["dequantize"] else None
             )
             for m, v in self.meta["modalities"].items()
         }
-        self.arrays = {m: np.load(folder / f"{m}.npy", mmap_mode="r") for m in self.modalities}
+        self.arrays = {m: _open_array(folder / f"{m}.npy") for m in self.modalities}
+        # Every line is parsed and its frames checked against the arrays: a broken index is
+        # a one-line error here, not an exception in the middle of training.
+        frames = {m: len(a) for m, a in self.arrays.items()}
+        self.rows = parse_index(folder / "index.jsonl", list(self.modalities), frames)
         self.offsets = {m: np.array([r[f"{m}_offset"] for r in self.rows]) for m in self.modalities}
         self.lengths = {m: np.array([r[f"{m}_length"] for r in self.rows]) for m in self.modalities}
 
@@ -215,3 +243,14 @@ class StoreSplit:
         for i, row in enumerate(self.rows):
             arrays = {m: np.asarray(self.frames(m, i)) for m in self.modalities}
             yield Item(row["id"], row["music_id"], arrays)
+
+
+def _open_array(path: Path) -> np.ndarray:
+    """The memory-mapped array, or a DataError naming a missing or truncated file."""
+    try:
+        return np.load(path, mmap_mode="r")
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing (re-run `vmr prepare`)") from None
+    except (ValueError, OSError) as e:  # e.g. "mmap length is greater than file size"
+        raise DataError(f"{path}: damaged ({str(e).splitlines()[0][:120]}); "
+                        "re-run `vmr prepare`") from None
