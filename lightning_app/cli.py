@@ -139,7 +139,8 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
         labels = [int(x) if x.isdigit() else x for x in args.labels]
         out = prepare_youtube8m(args.src, args.out, labels=labels, workers=args.workers,
-                                val_fraction=args.val_fraction, test_fraction=args.test_fraction)
+                                val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+                                split_seed=args.split_seed)
     else:
         from datamodules.himv200k import pack_himv200k
 
@@ -229,9 +230,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", nargs="+", default=["Music video"],
                    help="youtube8m: label names (vocabulary.csv) or ids of the subset")
     p.add_argument("--workers", type=int, default=2, help="youtube8m: files read in parallel")
-    p.add_argument("--val-fraction", type=float, default=0.1,
-                   help="youtube8m: hash split when no official partition")
-    p.add_argument("--test-fraction", type=float, default=0.1)
+    p.add_argument("--val-fraction", type=float, default=None,
+                   help="youtube8m: share of records for val by id hash (default 0.1) when the "
+                        "files carry no partition names; needed to split a folder of train* "
+                        "files only (else val/test come from validate*)")
+    p.add_argument("--test-fraction", type=float, default=None,
+                   help="youtube8m: share for test, as --val-fraction (default 0.1)")
+    p.add_argument("--split-seed", type=int, default=0,
+                   help="youtube8m: seed of the id-hash split (0: the historical hash)")
     p.set_defaults(func=_cmd_prepare)
 
     p = sub.add_parser("compare", help="mean, std and 95%% CI of finished runs per configuration")

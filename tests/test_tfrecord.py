@@ -238,7 +238,7 @@ def test_label_filter_and_skip_counts(tmp_path):
     skips: Counter = Counter()
     got = list(read_frame_level(tmp_path / "s.tfrecord", labels=[23], skips=skips))
     assert [g.id for g in got] == ["keep"]
-    assert skips == {"no selected label": 1, "missing audio": 1, "empty sequence": 1}
+    assert skips == {"no selected label": 1, "no 'audio' feature list": 1, "'rgb' has 0 frames": 1}
 
 
 def test_record_without_rgb_is_an_error(tmp_path):

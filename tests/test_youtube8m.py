@@ -166,9 +166,10 @@ def test_skips_are_counted_and_logged_once(source, tmp_path, caplog):
     msg = summaries[0].getMessage()
     assert summaries[0].levelno == logging.WARNING
     assert f"kept {SPEC.pairs} of {SPEC.pairs + n_other + 2} records from 7 files" in msg
-    assert f"skipped: 1 empty sequence, 1 missing audio, {n_other} no selected label" in msg
+    assert (f"skipped: {n_other} no selected label, 1 'rgb' has 0 frames, "
+            "1 no 'audio' feature list") in msg
     assert read_meta(store)["source"]["skipped"] == {
-        "empty sequence": 1, "missing audio": 1, "no selected label": n_other}
+        "'rgb' has 0 frames": 1, "no 'audio' feature list": 1, "no selected label": n_other}
 
 
 def test_damaged_file_is_fatal(source, tmp_path):
