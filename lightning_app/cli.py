@@ -30,7 +30,7 @@ from lightning_app.cli_media import add_media_commands
 from lightning_app.cli_sweep import add_sweep_commands
 from lightning_app.errors import USER_ERRORS, ConfigError
 
-DATASETS = ("himv200k", "youtube8m", "mvd")
+DATASETS = ("himv200k", "youtube8m", "mvd", "mgsv_ec")
 
 
 class _ConsoleHandler(logging.Handler):
@@ -91,6 +91,10 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         from datamodules.synthetic.mvd import SHARED_SONGS
 
         shared = SHARED_SONGS if args.dataset == "mvd" else 0.0
+        if args.dataset == "mgsv_ec":
+            from datamodules.synthetic.mgsv_ec import SHARED_SONGS as MGSV_SHARED_SONGS
+
+            shared = MGSV_SHARED_SONGS
     if not 0.0 <= shared < 1.0:
         raise ConfigError(f"vmr synth: --shared-songs={shared} must be in [0, 1)")
     if not 0.0 <= args.missing < 1.0:
@@ -108,6 +112,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         out = write_youtube8m(spec, args.out, shards=args.shards, text=args.text,
                               non_music=args.non_music, missing=args.missing,
                               shared_songs=shared)
+    elif args.dataset == "mgsv_ec":
+        out = _synth_mgsv_ec(args, spec, shared)
     elif args.dataset == "mvd":
         from datamodules.synthetic.mvd import MUSIC_DIM, VIDEO_DIM, write_mvd
 
@@ -129,8 +135,30 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _synth_mgsv_ec(args: argparse.Namespace, spec, shared: float) -> Path:
+    """The MGSV-EC release's fixed shapes (50 frames, 96 windows); no --frames/--missing."""
+    from datamodules.synthetic.mgsv_ec import mgsv_settings, write_mgsv_ec
+    from datamodules.synthetic.planted import PlantedSpec
+
+    for flag, value, default in (("--frames", args.frames, 12), ("--min-frames",
+                                 args.min_frames, 0), ("--missing", args.missing, 0.0),
+                                 ("--train-pairs", args.train_pairs, 0)):
+        if value != default:
+            raise ConfigError(f"vmr synth: {flag} is not supported for mgsv_ec (the release's "
+                              "shapes are fixed; every listed id has features)")
+    try:
+        spec = PlantedSpec(**mgsv_settings(dataclasses.asdict(spec)))
+        return write_mgsv_ec(spec, args.out, shared_songs=shared)
+    except ValueError as e:
+        raise ConfigError(f"vmr synth: {e}") from None
+
+
 def _cmd_prepare(args: argparse.Namespace) -> int:
-    if args.dataset == "mvd":
+    if args.dataset == "mgsv_ec":
+        from datamodules.mgsv_ec import pack_mgsv_ec
+
+        out = pack_mgsv_ec(args.src, args.out)
+    elif args.dataset == "mvd":
         from datamodules.mvd import pack_mvd
 
         out = pack_mvd(args.src, args.out)

@@ -7,7 +7,9 @@ from collections.abc import Callable
 
 from datamodules.base import StoreDataModule
 from datamodules.himv200k import HIMV200KDataModule
+from datamodules.mgsv_ec import MGSVECDataModule
 from datamodules.mvd import MVDDataModule
+from datamodules.synthetic.mgsv_ec import SHARED_SONGS as MGSV_SHARED_SONGS
 from datamodules.synthetic.mvd import SHARED_SONGS as MVD_SHARED_SONGS
 from datamodules.youtube8m import YouTube8MDataModule
 from lightning_app.config import Config, SynthConfig
@@ -17,8 +19,9 @@ from models.iiclvm import IICLVM
 from models.ssvmr import SSVMR
 from models.vmnet import VMNet
 
-# data.synthetic.shared_songs left empty: MVD plants shared songs by default, the others not.
-DEFAULT_SHARED_SONGS = {"mvd": MVD_SHARED_SONGS}
+# data.synthetic.shared_songs left empty: MVD and MGSV-EC plant shared songs by default (for
+# MGSV-EC the fraction of training videos using another video's track), the others not.
+DEFAULT_SHARED_SONGS = {"mvd": MVD_SHARED_SONGS, "mgsv_ec": MGSV_SHARED_SONGS}
 
 
 def synth_settings(s: SynthConfig, dataset: str = "himv200k") -> dict:
@@ -78,6 +81,14 @@ def _mvd(cfg: Config) -> StoreDataModule:
                          frames=d.frames, synthetic=synthetic)
 
 
+def _mgsv_ec(cfg: Config) -> StoreDataModule:
+    d = cfg.data
+    synthetic = synth_settings(d.synthetic, "mgsv_ec") if d.synthetic.enabled else None
+    return MGSVECDataModule(d.root, d.store or None, batch_size=d.batch_size,
+                            eval_batch_size=d.eval_batch_size, num_workers=d.num_workers,
+                            synthetic=synthetic)
+
+
 def _check_dims(cfg: Config, section: str, expected: tuple, dims: dict[str, int]) -> None:
     for modality, key, want in expected:
         if dims.get(modality) != want:
@@ -128,6 +139,7 @@ DATAMODULES: dict[str, Callable[[Config], StoreDataModule]] = {
     "himv200k": _himv200k,
     "youtube8m": _youtube8m,
     "mvd": _mvd,
+    "mgsv_ec": _mgsv_ec,
 }
 MODELS: dict[str, Callable[[Config, dict[str, int]], RetrievalModule]] = {
     "vmnet": _vmnet,

@@ -65,7 +65,7 @@ class SynthConfig:
 
 @dataclass
 class DataConfig:
-    dataset: str = choice("himv200k", ("himv200k", "youtube8m", "mvd"))
+    dataset: str = choice("himv200k", ("himv200k", "youtube8m", "mvd", "mgsv_ec"))
     root: str = "data/synthetic_himv200k"
     # Packed feature store; empty means `<root>/store`. Built by `vmr prepare` or on first use.
     store: str = ""
