@@ -31,15 +31,31 @@ def _video_spec(args: argparse.Namespace):
     from datamodules.extract.specs import VideoSpec
 
     return VideoSpec(backbone=args.backbone, weights=str(args.weights),
-                     image_size=args.image_size, fps=args.fps, max_seconds=args.max_seconds,
+                     image_size=args.image_size, fps=args.fps,
+                     max_seconds=360.0 if args.max_seconds is None else args.max_seconds,
                      pca=str(args.pca) if args.pca else "", quantize=args.quantize,
                      batch_size=args.batch_size)
+
+
+def _audio_spec(args: argparse.Namespace, features: str, weights: Path | None,
+                pca: Path | None):
+    from datamodules.extract.specs_audio import DEFAULT_MAX_SECONDS, AudioSpec
+
+    seconds = args.max_seconds
+    if seconds is None:
+        seconds = DEFAULT_MAX_SECONDS.get(features, 360.0)
+    return AudioSpec(features=features, mel_sr_quirk=args.mel_sr_quirk, max_seconds=seconds,
+                     weights=str(weights) if weights else "", hop_seconds=args.hop_seconds,
+                     pca=str(pca) if pca else "").resolved()
 
 
 def _pca_plan(args: argparse.Namespace):
     from datamodules.extract.folders import PCAPlan
 
-    return PCAPlan(dim=args.pca_dim, sample=args.pca_sample, seed=args.seed)
+    dim = args.pca_dim
+    if dim is None:
+        dim = 0 if args.backbone == "clip_vit_b32" else 1024
+    return PCAPlan(dim=dim, sample=args.pca_sample, seed=args.seed)
 
 
 def _finish(summary, out: Path, report: str) -> int:
@@ -52,11 +68,9 @@ def _finish(summary, out: Path, report: str) -> int:
 
 def _cmd_extract(args: argparse.Namespace) -> int:
     from datamodules.extract.folders import extract_audio, extract_video
-    from datamodules.extract.specs import AudioSpec
 
     if args.modality == "audio":
-        spec = AudioSpec(features=args.features, mel_sr_quirk=args.mel_sr_quirk,
-                         max_seconds=args.max_seconds)
+        spec = _audio_spec(args, args.features, args.weights, args.pca)
         summary = extract_audio(args.input, args.out, spec, workers=args.workers,
                                 device=_device(args.device))
     else:
@@ -67,12 +81,10 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
 
 def _cmd_build_dataset(args: argparse.Namespace) -> int:
-    from datamodules.extract.build_dataset import build_dataset
-    from datamodules.extract.specs import AudioSpec
+    from datamodules.extract.build_dataset import DEFAULT_AUDIO, build_dataset
 
-    features = args.audio_features or ("vmnet" if args.layout == "himv200k" else "logmel")
-    audio = AudioSpec(features=features, mel_sr_quirk=args.mel_sr_quirk,
-                      max_seconds=args.max_seconds)
+    features = args.audio_features or DEFAULT_AUDIO[args.layout]
+    audio = _audio_spec(args, features, args.audio_weights, args.audio_pca)
     report = build_dataset(args.videos, args.out, args.layout, _video_spec(args), audio,
                            _pca_plan(args), val_fraction=args.val_fraction,
                            test_fraction=args.test_fraction, workers=args.workers,
@@ -105,16 +117,19 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
 
 
 def _video_options(p: argparse.ArgumentParser, required: bool) -> None:
-    p.add_argument("--backbone", choices=("inception_v3", "resnet50"), default="inception_v3")
+    p.add_argument("--backbone", choices=("inception_v3", "resnet50", "clip_vit_b32"),
+                   default="inception_v3")
     p.add_argument("--weights", type=Path, required=required,
-                   help="local file with the backbone's torchvision state dict")
+                   help="local weights: the CNN's torchvision state dict; for clip_vit_b32 a "
+                   "transformers folder (save_pretrained) or a state dict file")
     p.add_argument("--image-size", type=int, default=0,
                    help="CNN input size (0: 299 for inception_v3, 224 for resnet50)")
     p.add_argument("--fps", type=float, default=1.0, help="frames decoded per second")
     p.add_argument("--pca", type=Path, default=None,
                    help="an existing PCA whitening file (.npz) instead of fitting one")
-    p.add_argument("--pca-dim", type=int, default=1024,
-                   help="PCA whitening dimension when fitting (0: raw 2048-d features)")
+    p.add_argument("--pca-dim", type=int, default=None,
+                   help="PCA whitening dimension when fitting (0: raw features; default 1024 "
+                   "for the CNNs, 0 for clip_vit_b32)")
     p.add_argument("--pca-sample", type=int, default=100_000, help="frames sampled to fit PCA")
     p.add_argument("--quantize", action="store_true",
                    help="YouTube-8M uint8 quantisation of the whitened features")
@@ -122,11 +137,16 @@ def _video_options(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the PCA sample")
 
 
+def _audio_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--hop-seconds", type=float, default=2.5,
+                   help="ast: a 10-s window every this many seconds")
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=2, help="files decoded in parallel")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if any)")
-    p.add_argument("--max-seconds", type=float, default=360.0,
-                   help="seconds of each file used (frames; log-mel audio)")
+    p.add_argument("--max-seconds", type=float, default=None,
+                   help="seconds of each file used (default 240 for ast audio, else 360)")
 
 
 def add_media_commands(sub: argparse._SubParsersAction) -> None:
@@ -135,9 +155,14 @@ def add_media_commands(sub: argparse._SubParsersAction) -> None:
     a = modality.add_parser("audio", help="music features (VM-NET statistics or log-mel)")
     a.add_argument("--input", type=Path, required=True, help="a media file or folder")
     a.add_argument("--out", type=Path, required=True, help="folder for <id>.npy files")
-    a.add_argument("--features", choices=("vmnet", "logmel"), default="vmnet")
+    a.add_argument("--features", choices=("vmnet", "logmel", "ast", "vggish"), default="vmnet")
     a.add_argument("--mel-sr-quirk", action="store_true",
                    help="vmnet: the original code's 22050-Hz mel filterbank")
+    a.add_argument("--weights", type=Path, default=None,
+                   help="ast: transformers folder (or file); vggish: state dict file")
+    a.add_argument("--pca", type=Path, default=None,
+                   help="vggish: YouTube-8M PCA parameters (.npz); output PCA'd + quantised")
+    _audio_options(a)
     _common(a)
     a.set_defaults(func=_cmd_extract)
     v = modality.add_parser("video", help="CNN frame features, PCA-whitened")
@@ -151,9 +176,15 @@ def add_media_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("build-dataset", help="a folder of videos -> a dataset folder")
     p.add_argument("--videos", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--layout", choices=("himv200k", "mvd"), required=True)
-    p.add_argument("--audio-features", choices=("vmnet", "logmel"), default=None,
-                   help="music features (default: vmnet for himv200k, logmel for mvd)")
+    p.add_argument("--layout", choices=("himv200k", "mvd", "mgsv_ec"), required=True)
+    p.add_argument("--audio-features", choices=("vmnet", "logmel", "ast", "vggish"),
+                   default=None, help="music features (default: vmnet for himv200k, logmel "
+                   "for mvd, ast for mgsv_ec)")
+    p.add_argument("--audio-weights", type=Path, default=None,
+                   help="ast / vggish: the audio model's local weights")
+    p.add_argument("--audio-pca", type=Path, default=None,
+                   help="vggish: YouTube-8M PCA parameters (.npz)")
+    _audio_options(p)
     p.add_argument("--mel-sr-quirk", action="store_true")
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--test-fraction", type=float, default=0.1)

@@ -85,7 +85,7 @@ def _reference(state: dict, frames: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def test_constants():
-    assert BACKBONES == ("inception_v3", "resnet50")
+    assert BACKBONES == ("inception_v3", "resnet50", "clip_vit_b32")
     assert FEATURE_DIM == 2048
     assert DEFAULT_IMAGE_SIZE == {"inception_v3": 299, "resnet50": 224}
 
@@ -238,7 +238,7 @@ def test_shape_mismatch_named(resnet, tmp_path):
 
 def test_unknown_backbone(resnet):
     assert _error("vgg16", resnet[0]) == (
-        "unknown video backbone 'vgg16'; choices: inception_v3, resnet50")
+        "unknown video backbone 'vgg16'; choices: inception_v3, resnet50, clip_vit_b32")
 
 
 def test_image_size_too_small(tmp_path):

@@ -35,6 +35,7 @@ from datamodules.extract.jobs import JobSummary
 from datamodules.extract.specs import AudioSpec, VideoSpec, record
 
 LAYOUTS = ("himv200k", "mvd")
+DEFAULT_AUDIO = {"himv200k": "vmnet", "mvd": "logmel", "mgsv_ec": "ast"}
 HIMV_VIDEO_DIM = 1024
 
 

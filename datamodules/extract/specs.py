@@ -24,57 +24,10 @@ import torch
 
 from datamodules.errors import DataError
 from datamodules.extract import default_device
+from datamodules.extract.specs_audio import AUDIO_FEATURES, AudioSpec  # noqa: F401 (re-export)
 from datamodules.feature_store import sha256_file
 
-AUDIO_FEATURES = ("vmnet", "logmel")
 RECORD_VERSION = 1
-
-
-# ----- audio -------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class AudioSpec:
-    features: str = "vmnet"  # vmnet: one 1140-d vector per track; logmel: [seconds, 128]
-    mel_sr_quirk: bool = False  # VM-NET: the original's 22050-Hz mel filterbank
-    max_seconds: float = 360.0  # logmel: seconds decoded from the start
-
-    def __post_init__(self) -> None:
-        if self.features not in AUDIO_FEATURES:
-            raise DataError(f"audio features {self.features!r} unknown "
-                            f"(choose from: {', '.join(AUDIO_FEATURES)})")
-
-    @property
-    def dim(self) -> int:
-        from datamodules.extract.logmel import LOGMEL_DIM
-        from datamodules.extract.vmnet_audio import DIM
-
-        return DIM if self.features == "vmnet" else LOGMEL_DIM
-
-    def prepare(self) -> Callable[[Path], Any]:
-        return _AudioPrepare(self)
-
-    def finish(self, device: torch.device | None = None) -> Callable[[Any], np.ndarray] | None:
-        if self.features == "vmnet":
-            return None  # librosa statistics are complete after `prepare`
-        from datamodules.extract.logmel import LogMelExtractor
-
-        return LogMelExtractor(device=device or default_device())
-
-
-@dataclasses.dataclass(frozen=True)
-class _AudioPrepare:
-    spec: AudioSpec
-
-    def __call__(self, path: Path) -> np.ndarray:
-        if self.spec.features == "vmnet":
-            from datamodules.extract.vmnet_audio import vmnet_features_from_file
-
-            return vmnet_features_from_file(path, mel_sr_quirk=self.spec.mel_sr_quirk)
-        from datamodules.extract.decode import decode_audio
-        from datamodules.extract.logmel import LOGMEL_SAMPLE_RATE
-
-        return decode_audio(path, LOGMEL_SAMPLE_RATE, max_seconds=self.spec.max_seconds)
 
 
 # ----- video -------------------------------------------------------------------------------
@@ -94,22 +47,43 @@ class VideoSpec:
     batch_size: int = 64  # frames per CNN forward pass
 
     @property
+    def is_clip(self) -> bool:
+        from datamodules.extract.video_backbone import CLIP_BACKBONES
+
+        return self.backbone in CLIP_BACKBONES
+
+    @property
     def size(self) -> int:
+        if self.is_clip:  # the model's own input size: its position embeddings fix it
+            from datamodules.extract.clip_video import clip_image_size
+
+            return clip_image_size(self.weights)
         from datamodules.extract.video_backbone import DEFAULT_IMAGE_SIZE
 
         return self.image_size or DEFAULT_IMAGE_SIZE[self.backbone]
 
     @property
     def dim(self) -> int:
+        if self.pca:
+            return load_pca(self).output_dim
+        if self.is_clip:
+            from datamodules.extract.clip_video import clip_dim
+
+            return clip_dim(self.weights)
         from datamodules.extract.video_backbone import FEATURE_DIM
 
-        return load_pca(self).output_dim if self.pca else FEATURE_DIM
+        return FEATURE_DIM
 
     def prepare(self) -> Callable[[Path], Any]:
+        if self.is_clip:
+            from datamodules.extract.clip_video import ClipFramePrepare
+
+            return ClipFramePrepare(self.fps, self.max_seconds, self.size)
         return _FramePrepare(self.fps, self.max_seconds, self.size)
 
     def load_encoder(self, device: torch.device | None = None) -> Any:
-        """The CNN (a FrameEncoder), its weights checked against the recorded SHA-256."""
+        """The network (a FrameEncoder or ClipFrameEncoder), its weights checked against the
+        recorded SHA-256."""
         from datamodules.extract.video_backbone import load_frame_encoder
 
         enc = load_frame_encoder(self.backbone, self.weights, device=device or default_device(),
@@ -121,7 +95,7 @@ class VideoSpec:
 
     def encoder(self, device: torch.device | None = None,
                 loaded: Any = None) -> Callable[[torch.Tensor], np.ndarray]:
-        """Frames -> raw [T, 2048] CNN features (before PCA); `loaded`: a FrameEncoder."""
+        """Frames -> raw [T, D] features (before PCA); `loaded`: a frame encoder."""
         enc = loaded or self.load_encoder(device)
         return lambda frames: enc.encode(frames, batch_size=self.batch_size).numpy()
 

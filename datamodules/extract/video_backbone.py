@@ -34,7 +34,10 @@ from torch import nn
 from datamodules.errors import DataError
 from datamodules.extract import default_device
 
-BACKBONES = ("inception_v3", "resnet50")
+CNN_BACKBONES = ("inception_v3", "resnet50")
+# Transformer backbones with their own loader and preprocessing (datamodules/extract/clip_video.py).
+CLIP_BACKBONES = ("clip_vit_b32",)
+BACKBONES = CNN_BACKBONES + CLIP_BACKBONES
 FEATURE_DIM = 2048
 DEFAULT_IMAGE_SIZE = {"inception_v3": 299, "resnet50": 224}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -89,6 +92,10 @@ def load_frame_encoder(backbone: str, weights: str | Path, device: torch.device 
     """Build `backbone` from the local file `weights`; DataError (one line) if it does not fit."""
     if backbone not in BACKBONES:
         raise DataError(f"unknown video backbone {backbone!r}; choices: {', '.join(BACKBONES)}")
+    if backbone in CLIP_BACKBONES:  # its input size is the model's own: image_size unused
+        from datamodules.extract.clip_video import load_clip_encoder
+
+        return load_clip_encoder(weights, device)  # same interface: encode, weights_sha256
     if device is None:
         device = default_device()
     size = DEFAULT_IMAGE_SIZE[backbone] if image_size is None else int(image_size)
