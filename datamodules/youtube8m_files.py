@@ -45,7 +45,8 @@ def source_files(root: str | Path) -> list[Path]:
     if not files:
         others = [p.name for p in entries if not p.name.startswith(".")
                   and p.name != "vocabulary.csv" and p.suffix not in (".json", ".tsv")]
-        seen = (f"; found {len(others)} other files, e.g. {others[0]!r}" if others else "")
+        plural = "" if len(others) == 1 else "s"
+        seen = f"; found {len(others)} other file{plural}, e.g. {others[0]!r}" if others else ""
         raise DataError(f"{folder}: no frame-level TFRecord files ({', '.join(PATTERNS)})"
                         f"{seen}")
     return files
