@@ -86,10 +86,17 @@ def _frames(fl: Any, dim: int, where: str, name: str) -> np.ndarray:
             return steps[:, len(header) :].copy()
     rows = []
     for k, f in enumerate(fl.feature):
-        v = f.bytes_list.value if f.WhichOneof("kind") == "bytes_list" else ()
+        kind = f.WhichOneof("kind")
+        v = f.bytes_list.value if kind == "bytes_list" else ()
         if len(v) != 1 or len(v[0]) != dim:
-            got = f"{len(v[0])} bytes" if len(v) == 1 else f"{len(v)} values"
-            raise DataError(f"{where}: '{name}' frame {k} has {got}, expected {dim} bytes")
+            if kind is None:
+                got = "no value"
+            elif kind != "bytes_list":  # e.g. codes written as int64s: say so, with the count
+                got = f"{len(getattr(f, kind).value)} values ({kind})"
+            else:
+                got = f"{len(v[0])} bytes" if len(v) == 1 else f"{len(v)} byte strings"
+            raise DataError(f"{where}: '{name}' frame {k} has {got}, expected {dim} bytes "
+                            "(one byte string)")
         rows.append(v[0])
     return np.frombuffer(b"".join(rows), np.uint8).reshape(t, dim)
 

@@ -268,6 +268,13 @@ def test_record_without_id_or_with_bad_frame_length(tmp_path):
     write_file(path, [short])
     with pytest.raises(DataError, match=r"\(id s\): 'rgb' frame 1 has 1023 bytes, expected 1024"):
         list(read_frame_level(path))
+    as_ints = sequence_example({"id": bytes_feature(b"i")},
+                               {"rgb": [int64_feature(*range(1024))], "audio": []})
+    write_file(path, [as_ints])
+    with pytest.raises(DataError) as e:
+        list(read_frame_level(path))
+    assert str(e.value) == (f"{path}: record at byte offset 0 (id i): 'rgb' frame 0 has 1024 "
+                            "values (int64_list), expected 1024 bytes (one byte string)")
 
 
 def test_video_level_round_trip(tmp_path):
