@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Iterator, Sized
 from pathlib import Path
@@ -15,13 +16,19 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
+from datamodules.device_store import choose_cache, split_nbytes
 from datamodules.errors import DataError
 from datamodules.feature_store import SPLITS, StoreSplit, read_meta
 from datamodules.pairs import PairDataset, identity_collate
+from datamodules.sampling import SparseFrameDataset
 from datamodules.train_pairs import PairOverrideDataset, TrainPairs
+from datamodules.unpaired import UnpairedDataset
 from datamodules.unpaired_access import UnpairedPoolMixin
 
 TRUTH_FILE = "truth.tsv"  # datamodules.synthetic.truth.TRUTH_FILE
+# Dataset classes that can batch from memory (`use_memory`); others stay memory-mapped.
+_IN_MEMORY = (PairDataset, SparseFrameDataset, UnpairedDataset)
+log = logging.getLogger("vmr")
 
 
 def shuffle_seed() -> int:
@@ -82,6 +89,15 @@ class StoreDataModule(UnpairedPoolMixin, pl.LightningDataModule, abc.ABC):
         self._train_pairs: TrainPairs | None = None
         self._extra_pairs: TrainPairs | None = None
         self._unpaired_cache: dict[tuple[str, bool], Any] = {}
+        # data.cache / data.cache_fraction (datamodules.device_store.choose_cache); the
+        # chosen place ("device", "host" or "none") once set up.
+        self.cache, self.cache_fraction = "none", 0.5
+        self.cache_device: torch.device | None = None
+
+    def configure_cache(self, mode: str, fraction: float = 0.5) -> None:
+        """Where the splits live for batching: auto | device | host | none (before setup)."""
+        choose_cache(mode, fraction, 0, torch.device("cpu"))  # checks the mode
+        self.cache, self.cache_fraction = mode, float(fraction)
 
     @abc.abstractmethod
     def ensure_store(self) -> Path:
@@ -103,6 +119,23 @@ class StoreDataModule(UnpairedPoolMixin, pl.LightningDataModule, abc.ABC):
             if split not in meta["splits"]:
                 raise DataError(f"{self.store_path}: store has no '{split}' split")
             self.datasets[split] = self.make_dataset(StoreSplit(self.store_path, split, meta))
+        self._hold_in_memory()
+
+    def _hold_in_memory(self) -> None:
+        """Put the splits in device or host memory as data.cache says (one log line)."""
+        trainer = getattr(self, "trainer", None)
+        device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+        nbytes = sum(split_nbytes(d.split) for d in self.datasets.values())
+        place = choose_cache(self.cache, self.cache_fraction, nbytes, device)
+        if place == "none":
+            return
+        self.cache_device = device if place == "device" else torch.device("cpu")
+        held = [s for s, d in self.datasets.items() if type(d) in _IN_MEMORY]
+        for split in held:
+            self.datasets[split].use_memory(self.cache_device)
+        self.num_workers = 0  # batches are built where the data lives: no worker processes
+        log.info("data.cache=%s: %s (%.1f MB as stored) batched in %s memory (%s)", self.cache,
+                 ", ".join(held) or "no split", nbytes / 2**20, place, self.cache_device)
 
     def make_dataset(self, split: StoreSplit) -> PairDataset:
         """The dataset over one split; sequence datasets sample frames here."""
@@ -125,6 +158,25 @@ class StoreDataModule(UnpairedPoolMixin, pl.LightningDataModule, abc.ABC):
         """The hidden truth of a synthetic dataset (for measuring only; never trained on)."""
         path = self.root / TRUTH_FILE
         return path if path.is_file() else None
+
+    def _unpaired(self, side: str, train: bool = False) -> Any:
+        dataset = super()._unpaired(side, train)
+        if (self.cache_device is not None and type(dataset) in _IN_MEMORY
+                and dataset.cache is None):
+            dataset.use_memory(self.cache_device)
+        return dataset
+
+    def train_video_ids(self, index: torch.Tensor) -> list[str]:
+        """The video ids of a training batch's rows, from its `index` (batches in memory carry
+        no strings): positions in the training pairs when they are overridden, else rows."""
+        pos = index.cpu().numpy()
+        train_ids = self.datasets["train"].ids
+        if self._train_pairs is None and self._extra_pairs is None:
+            return [train_ids[i] for i in pos]
+        pairs = self.train_pairs
+        rows, pooled = pairs.video_rows[pos], pairs.video_unpaired[pos]
+        pool_ids = self.unpaired_ids("video") if pooled.any() else []
+        return [pool_ids[r] if p else train_ids[r] for r, p in zip(rows, pooled)]
 
     # ----- training-pair overrides -------------------------------------------------------
 

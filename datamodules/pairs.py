@@ -6,6 +6,10 @@ frames are gathered with one fancy index per modality instead of a Python loop p
 Store modalities other than video and music that hold exactly one frame per item (such as
 "text_emb", precomputed text embeddings) come back as batch[name], float32 [B, D]
 (dequantised if the store says so). Names the dataset sets itself are never overwritten.
+
+`use_memory(device)` (data.cache=device|host) holds the split in memory on a torch device
+(datamodules.device_store) and batches there: the same tensors, on that device, and no
+strings in the batch (the ids stay in `ids` / `music_ids`, found by the batch's `index`).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from datamodules.device_store import DeviceSplit
 from datamodules.feature_store import StoreSplit
 
 MODALITIES = ("video", "music")
@@ -45,6 +50,13 @@ class PairDataset(Dataset):
         # Per-item vectors (e.g. text_emb): one frame per item, returned as [B, D].
         self.vectors = [m for m in split.modalities
                         if m not in RESERVED and bool((split.lengths[m] == 1).all())]
+        self.cache: DeviceSplit | None = None
+        self.device_keys: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def use_memory(self, device: torch.device | str) -> None:
+        """Batch from the split held in memory on `device` (see the module docstring)."""
+        self.cache = DeviceSplit(self.split, device, salient=getattr(self, "salient", None))
+        self.device_keys = (self.video_keys.to(device), self.music_keys.to(device))
 
     def __len__(self) -> int:
         return len(self.split)
@@ -59,18 +71,25 @@ class PairDataset(Dataset):
         for m in MODALITIES:
             frames, mask = self._frames(m, idx)
             batch[m], batch[f"{m}_mask"] = frames, mask
-        t = torch.from_numpy(idx)
-        batch["index"] = t
-        batch["video_key"] = self.video_keys[t]
-        batch["music_key"] = self.music_keys[t]
-        batch["video_id"] = [self.ids[i] for i in idx]
-        batch["music_id"] = [self.music_ids[i] for i in idx]
+        if self.cache is not None:
+            t = self.cache.index(idx)
+            batch["index"] = t
+            batch["video_key"], batch["music_key"] = (k[t] for k in self.device_keys)
+        else:
+            t = torch.from_numpy(idx)
+            batch["index"] = t
+            batch["video_key"] = self.video_keys[t]
+            batch["music_key"] = self.music_keys[t]
+            batch["video_id"] = [self.ids[i] for i in idx]
+            batch["music_id"] = [self.music_ids[i] for i in idx]
         for m in self.vectors:
             batch[m] = self._vectors(m, idx)
         return batch
 
     def _vectors(self, modality: str, idx: np.ndarray) -> torch.Tensor:
         """The single frame of each item in `idx`: float32 [B, D]."""
+        if self.cache is not None:
+            return self.cache.vectors(modality, self.cache.index(idx))
         spec = self.split.modalities[modality]
         rows = self.split.offsets[modality][idx]
         x = np.array(self.split.arrays[modality][rows], dtype=np.float32)
@@ -80,6 +99,8 @@ class PairDataset(Dataset):
         return torch.from_numpy(x.reshape(len(idx), spec.dim))
 
     def _frames(self, modality: str, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.cache is not None:
+            return self.cache.padded(modality, self.cache.index(idx))
         spec = self.split.modalities[modality]
         arr = self.split.arrays[modality]
         offsets, lengths = self.split.offsets[modality][idx], self.split.lengths[modality][idx]

@@ -17,6 +17,7 @@ import torch
 
 from datamodules.feature_store import StoreSplit
 from datamodules.pairs import PairDataset
+from models.text import token_hashes
 
 
 def global_sparse_batch(
@@ -84,6 +85,7 @@ class SparseFrameDataset(PairDataset):
         has_text = any("text" in r for r in split.rows)
         self.texts = [str(r.get("text") or "") for r in split.rows] if has_text else None
         self._rng: np.random.Generator | None = None
+        self.text_tokens: torch.Tensor | None = None
 
     def _generator(self) -> np.random.Generator:
         if self._rng is None:
@@ -94,17 +96,34 @@ class SparseFrameDataset(PairDataset):
         # A stream that is a function of torch's RNG state, which checkpoints restore.
         self._rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,))))
 
+    def use_memory(self, device: torch.device | str) -> None:
+        """As PairDataset's; the text goes into the batch as `text_tokens` (CRC-32 of each
+        token, models.text.token_hashes), not as strings."""
+        super().use_memory(device)
+        if self.texts is not None:
+            self.text_tokens = token_hashes(self.texts).to(device)
+
     def __getitems__(self, indices: list[int]) -> dict[str, Any]:
         if self.train:
             self._reseed()
         batch = super().__getitems__(indices)
-        if self.texts is not None:
+        if self.texts is not None and self.cache is not None:
+            batch["text_tokens"] = self.text_tokens[batch["index"]]
+        elif self.texts is not None:
             batch["text"] = [self.texts[i] for i in batch["index"].tolist()]
         if self.salient is not None:
             batch["salient"] = self.last_video_salient
         return batch
 
     def _frames(self, modality: str, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.cache is not None:
+            # The same uniform draws as below, so both paths sample the same frames.
+            uniform = self._generator().random((len(idx), self.frames)) if self.train else None
+            x, mask, rows = self.cache.sparse(modality, self.cache.index(idx), self.frames,
+                                              uniform)
+            if modality == "video" and self.salient is not None:
+                self.last_video_salient = self.cache.salient_at(rows, mask)
+            return x, mask
         spec = self.split.modalities[modality]
         arr = self.split.arrays[modality]
         offsets = self.split.offsets[modality][idx]

@@ -175,6 +175,9 @@ class PairOverrideDataset(Dataset):
         batch.update(self._scatter("music", music_rows, self.pairs.music_unpaired[pos],
                                    self._music_part, MUSIC_KEYS))
         t = torch.from_numpy(pos)
+        if base.cache is not None:  # in memory on a device: tensors there, no ids
+            t = base.cache.index(pos)
+            self._weights = self._weights.to(t.device)
         batch["index"] = t
         batch["weight"] = self._weights[t]
         return batch
@@ -182,6 +185,9 @@ class PairOverrideDataset(Dataset):
     def _music_part(self, rows: list[int]) -> dict[str, Any]:
         base, idx = self.base, np.asarray(rows, dtype=np.int64)
         music, mask = base._frames("music", idx)
+        if base.cache is not None:
+            key = base.device_keys[1][base.cache.index(idx)]
+            return {"music": music, "music_mask": mask, "music_key": key}
         return {"music": music, "music_mask": mask,
                 "music_key": base.music_keys[torch.from_numpy(idx)],
                 "music_id": [base.music_ids[i] for i in idx]}

@@ -40,6 +40,10 @@ class UnpairedDataset(SparseFrameDataset):
         keys = self.video_keys if side == "video" else self.music_keys
         self.keys = keys + int(key_offset)
 
+    def use_memory(self, device: torch.device | str) -> None:
+        super().use_memory(device)
+        self.keys = self.keys.to(device)  # batches carry no ids then (list: item_ids)
+
     def __getitems__(self, indices: list[int]) -> dict[str, Any]:
         if self.train:
             self._reseed()
@@ -47,10 +51,11 @@ class UnpairedDataset(SparseFrameDataset):
         side = self.side
         batch: dict[str, Any] = {}
         batch[side], batch[f"{side}_mask"] = self._frames(side, idx)
-        t = torch.from_numpy(idx)
+        t = torch.from_numpy(idx) if self.cache is None else self.cache.index(idx)
         batch["index"] = t
         batch[f"{side}_key"] = self.keys[t]
-        batch[f"{side}_id"] = [self.item_ids[i] for i in idx]
+        if self.cache is None:
+            batch[f"{side}_id"] = [self.item_ids[i] for i in idx]
         if self.salient is not None:
             batch["salient"] = self.last_video_salient
         return batch

@@ -149,7 +149,9 @@ MODELS: dict[str, Callable[[Config, dict[str, int]], RetrievalModule]] = {
 
 
 def build_datamodule(cfg: Config) -> StoreDataModule:
-    return DATAMODULES[cfg.data.dataset](cfg)
+    datamodule = DATAMODULES[cfg.data.dataset](cfg)
+    datamodule.configure_cache(cfg.data.cache, cfg.data.cache_fraction)
+    return datamodule
 
 
 def build_model(cfg: Config, dims: dict[str, int]) -> RetrievalModule:

@@ -24,7 +24,7 @@ from losses.inter_intra import inter_intra_loss
 from models.base import RetrievalModule
 from models.encoders import TemporalEncoder
 from models.pooling import masked_pool
-from models.text import HashedTextEncoder, bag_of_tokens, hash_tokens
+from models.text import HashedTextEncoder, bag_of_tokens, bucket_tokens, hash_tokens
 
 # Raw-text side of the II loss: token counts in this many buckets (a cheap bag of words).
 RAW_TEXT_BUCKETS = 1024
@@ -75,9 +75,12 @@ class IICLVM(RetrievalModule):
         return bag_of_tokens(self._token_ids(batch)[0], RAW_TEXT_BUCKETS)
 
     def _token_ids(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        t = self.cfg["text"]
+        if "text_tokens" in batch:  # in-memory batches carry token hashes, not strings
+            ids, mask = bucket_tokens(batch["text_tokens"], t["buckets"], t["max_tokens"])
+            return ids.to(self.device), mask.to(self.device)
         if "text" not in batch:
             raise KeyError("model.iiclvm.text.enabled=true needs `text` in the batch")
-        t = self.cfg["text"]
         ids, mask = hash_tokens(list(batch["text"]), t["buckets"], t["max_tokens"])
         return ids.to(self.device), mask.to(self.device)
 

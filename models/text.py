@@ -27,6 +27,26 @@ def hash_tokens(texts: list[str], buckets: int, max_tokens: int
     return ids, ids != 0
 
 
+def token_hashes(texts: list[str]) -> torch.Tensor:
+    """CRC-32 of each token, int64 [N, T] (T = the most tokens of a text, at least 1; -1 pads):
+    the string work of `hash_tokens`, done once per split so batches carry tensors only."""
+    rows = [[zlib.crc32(t.encode()) for t in _TOKEN.findall(s.lower())] for s in texts]
+    out = torch.full((len(texts), max([1, *map(len, rows)])), -1, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+    return out
+
+
+def bucket_tokens(hashes: torch.Tensor, buckets: int, max_tokens: int
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`hash_tokens`'s ids and mask from `token_hashes` rows (identical values and shape)."""
+    hashes = hashes[:, :max_tokens]
+    valid = hashes >= 0
+    longest = max(1, int(valid.sum(1).max())) if len(hashes) else 1
+    ids = torch.where(valid, 1 + hashes % (buckets - 1), 0)[:, :longest]
+    return ids, ids != 0
+
+
 def bag_of_tokens(ids: torch.Tensor, buckets: int) -> torch.Tensor:
     """Token counts [B, buckets] (padding dropped): the raw text side of the II loss."""
     counts = torch.zeros(ids.shape[0], buckets, device=ids.device)

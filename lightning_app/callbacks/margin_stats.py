@@ -81,7 +81,9 @@ class MarginStats(Callback):
         pl_module.margin_record = None
         if self.truth is None or record is None:
             return
-        ids = batch["video_id"]
+        ids = batch.get("video_id")
+        if ids is None:  # batches held in memory carry no strings: look the ids up
+            ids = trainer.datamodule.train_video_ids(batch["index"])
         if any(i not in self.truth for i in ids):
             return  # e.g. back-retrieval pairs without a truth row
         style = torch.tensor([self.truth[i][0] for i in ids])

@@ -78,6 +78,7 @@ def validate(cfg: Config) -> None:
         ("data.frames", d.frames >= 1, "must be >= 1"),
         ("data.labels", bool(d.labels), "must name at least one label"),
         ("data.prepare_workers", d.prepare_workers >= 0, "must be >= 0"),
+        ("data.cache_fraction", 0.0 < d.cache_fraction <= 1.0, "must be in (0, 1]"),
         ("data.synthetic.shards", syn.shards >= 1, "must be >= 1"),
         ("data.synthetic.shared_songs", syn.shared_songs is None
          or 0.0 <= syn.shared_songs < 1.0, "must be in [0, 1) or empty (the format's default)"),

@@ -1,0 +1,194 @@
+"""A store split held in (device or host) memory as stored, batched there.
+
+`DeviceSplit` keeps one split's frame arrays as torch tensors in the store's dtype (uint8
+codes, float16, float32), with per-item offsets and lengths, on a torch device: the GPU
+(`data.cache=device`) or host RAM (`data.cache=host`). A batch is then one `index_select` per
+modality, Global-Sparse sampled and dequantised where the data lives; nothing goes through
+a worker process or a host-to-device copy of frames.
+
+Batches are bit-identical to the memory-mapped NumPy path (datamodules.pairs,
+datamodules.sampling): the gathers copy the same stored values, casting to float32 is exact,
+dequantisation is the same two float32 roundings (x * scale, then + offset), and training
+samples frames from the same uniform draws (NumPy's generator, drawn on the host as before:
+a [B, frames] float64 array per modality), so a seed and a resumed run give the same frames.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from datamodules.feature_store import StoreSplit
+
+
+class DeviceSplit:
+    """One split's frames, offsets and lengths as tensors on `device` (dtype as stored)."""
+
+    def __init__(self, split: StoreSplit, device: torch.device | str,
+                 salient: np.ndarray | None = None):
+        self.device = torch.device(device)
+        self.split = split.split
+        self.dims = {m: spec.dim for m, spec in split.modalities.items()}
+        self.dequantize = {m: spec.dequantize for m, spec in split.modalities.items()}
+        self._source = split.arrays  # memory-mapped; read into memory on first use
+        self._arrays: dict[str, torch.Tensor] | None = None
+        self._dequantize_tensors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.offsets = {m: torch.as_tensor(np.asarray(split.offsets[m], dtype=np.int64))
+                        .to(self.device) for m in split.modalities}
+        self.lengths = {m: torch.as_tensor(np.asarray(split.lengths[m], dtype=np.int64))
+                        .to(self.device) for m in split.modalities}
+        self.salient = (None if salient is None
+                        else torch.from_numpy(np.ascontiguousarray(salient)).to(self.device))
+
+    @property
+    def arrays(self) -> dict[str, torch.Tensor]:
+        if self._arrays is None:
+            self._arrays = {m: _to_device(a, self.device) for m, a in self._source.items()}
+        return self._arrays
+
+    def index(self, indices: Any) -> torch.Tensor:
+        """Row indices as int64 on this split's device."""
+        if isinstance(indices, torch.Tensor):
+            return indices.to(device=self.device, dtype=torch.int64)
+        return torch.as_tensor(np.asarray(indices, dtype=np.int64)).to(self.device)
+
+    def _dequantised(self, modality: str, codes: torch.Tensor) -> torch.Tensor:
+        x = codes.to(torch.float32)  # `codes` is a fresh gather: in-place work below is safe
+        spec = self.dequantize[modality]
+        if spec is not None:
+            # Two float32 roundings, as NumPy does `x * float32(scale) + float32(offset)`;
+            # in place on the fresh float32 copy (uint8 or float16 codes).
+            scale, offset = self._scalars(modality, spec)
+            x.mul_(scale).add_(offset)
+        return x
+
+    def _scalars(self, modality: str, spec: tuple[float, float]
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        cached = self._dequantize_tensors.get(modality)
+        if cached is None:
+            cached = tuple(torch.tensor(np.float32(v), device=self.device) for v in spec)
+            self._dequantize_tensors[modality] = cached
+        return cached
+
+    def _gather(self, modality: str, rows: torch.Tensor) -> torch.Tensor:
+        """Stored frames at flat `rows` (any shape) -> [*rows.shape, D] in the stored dtype."""
+        arr = self.arrays[modality]
+        flat = rows.reshape(-1)
+        if arr.shape[0] == 0:  # e.g. the pool's song split has no video frames
+            return arr.new_zeros((*rows.shape, self.dims[modality]))
+        return arr.index_select(0, flat).reshape(*rows.shape, self.dims[modality])
+
+    def padded(self, modality: str, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every frame of each item, zero-padded to the longest: float32 [B, T, D], mask [B, T]
+        (datamodules.pairs.PairDataset's batch)."""
+        offsets, lengths = self.offsets[modality][idx], self.lengths[modality][idx]
+        longest = int(lengths.max()) if len(idx) else 0
+        steps = torch.arange(longest, device=self.device)
+        mask = steps[None, :] < lengths[:, None]
+        rows = torch.where(mask, offsets[:, None] + steps[None, :], 0)
+        return _zero_padding(self._dequantised(modality, self._gather(modality, rows)), mask), mask
+
+    def sparse(self, modality: str, idx: torch.Tensor, frames: int,
+               uniform: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Global-Sparse sampled frames float32 [B, frames, D], mask [B, frames] and the flat
+        stored rows [B, frames] (datamodules.sampling.SparseFrameDataset's batch).
+
+        `uniform`: [B, frames] draws in [0, 1) for training (random frame per segment); None
+        takes segment centres.
+        """
+        offsets, lengths = self.offsets[modality][idx], self.lengths[modality][idx]
+        u = None if uniform is None else torch.from_numpy(uniform).to(self.device)
+        rel, mask = global_sparse_torch(lengths, frames, u)
+        rows = torch.where(mask, offsets[:, None] + rel, 0)
+        x = self._dequantised(modality, self._gather(modality, rows))
+        return _zero_padding(x, mask), mask, rows
+
+    def vectors(self, modality: str, idx: torch.Tensor) -> torch.Tensor:
+        """The single frame of each item: float32 [B, D]."""
+        return self._dequantised(modality, self._gather(modality, self.offsets[modality][idx]))
+
+    def salient_at(self, rows: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Whether each sampled stored video frame is salient (False on masked slots)."""
+        return self.salient[rows] & mask
+
+
+def global_sparse_torch(lengths: torch.Tensor, n: int, uniform: torch.Tensor | None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """datamodules.sampling.global_sparse_batch in torch, on `lengths`' device.
+
+    `uniform` (float64 [B, n]) are the training draws; None: evaluation (segment centres).
+    The arithmetic is the NumPy version's, so the indices are identical.
+    """
+    if n < 1:
+        raise ValueError(f"n={n} must be >= 1")
+    k = torch.arange(n, device=lengths.device, dtype=torch.int64)[None, :]
+    L = lengths.to(torch.int64)[:, None]
+    start = torch.div(k * L, n, rounding_mode="floor")
+    end = torch.div((k + 1) * L, n, rounding_mode="floor")
+    width = end - start
+    if uniform is None:
+        sparse = start + torch.div(width, 2, rounding_mode="floor")
+    else:
+        # float64 product truncated toward zero, as NumPy's astype(int64).
+        step = (uniform.to(torch.float64) * width.to(torch.float64)).to(torch.int64)
+        sparse = start + torch.minimum(step, width - 1)
+    short = L < n
+    dense = k.expand_as(sparse)
+    idx = torch.where(short, dense, sparse)
+    mask = torch.where(short, dense < L, True)
+    return torch.where(mask, idx, 0), mask
+
+
+def _zero_padding(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """x (a fresh float32 batch) with the masked-out slots set to +0.0, in place: the
+    padding the NumPy path leaves."""
+    return x.masked_fill_(~mask[..., None], 0.0)
+
+
+def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A stored array (often a read-only memmap) as a tensor in memory on `device`."""
+    host = torch.from_numpy(np.array(array, copy=True))  # reads the whole array once
+    return host if device.type == "cpu" else host.to(device)
+
+
+def split_nbytes(split: StoreSplit) -> int:
+    """Bytes the split's frame arrays take in memory, as stored."""
+    return int(sum(a.nbytes for a in split.arrays.values()))
+
+
+CACHE_MODES = ("auto", "device", "host", "none")
+
+
+def available_host_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (None where there is none, e.g. macOS)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def choose_cache(mode: str, fraction: float, nbytes: int, device: torch.device) -> str:
+    """Where the splits live: "device", "host" or "none" (memory-mapped, as stored on disk).
+
+    `auto`: on the device when `nbytes` fit in `fraction` of its free memory (CUDA; on a CPU
+    device that is host memory), else in host memory when they fit in `fraction` of the
+    available RAM, else memory-mapped. `device` on a CPU device is `host`.
+    """
+    if mode not in CACHE_MODES:
+        raise ValueError(f"data.cache={mode!r} must be one of {', '.join(CACHE_MODES)}")
+    if mode == "none":
+        return "none"
+    if mode in ("device", "host"):
+        return "device" if mode == "device" and device.type != "cpu" else "host"
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if nbytes <= fraction * free:
+            return "device"
+    host = available_host_bytes()
+    return "host" if host is None or nbytes <= fraction * host else "none"
