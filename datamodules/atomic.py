@@ -12,6 +12,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from datamodules.errors import StorageError
 # errno -> the cause as a user reads it.
 _NO_SPACE = {errno.ENOSPC: "no space left on device",
              errno.EDQUOT: "no space left on device (disk quota exceeded)"}
+_SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")
 _NOT_WRITABLE = {errno.EACCES: "not writable (permission denied)",
                  errno.EPERM: "not writable (operation not permitted)",
                  errno.EROFS: "not writable (read-only file system)"}
@@ -34,6 +36,9 @@ def storage_reason(error: BaseException) -> str | None:
     """'no space left on device' / 'not writable (...)' for such an OSError, else None."""
     if not isinstance(error, OSError):
         return None
+    if error.errno is None and _SHORT_WRITE.match(str(error)):
+        # NumPy's tofile reports a full disk as "N requested and M written", without errno.
+        return _NO_SPACE[errno.ENOSPC]
     return _NO_SPACE.get(error.errno) or _NOT_WRITABLE.get(error.errno)
 
 

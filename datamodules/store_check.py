@@ -61,7 +61,9 @@ def npy_layout(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
     try:
         with open(path, "rb") as f:
             version = np.lib.format.read_magic(f)
-            shape, fortran, dtype = np.lib.format._read_array_header(f, version)
+            read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0)
+            shape, _, dtype = read(f)
             return tuple(shape), np.dtype(dtype), f.tell()
     except FileNotFoundError:
         raise DataError(f"{path}: missing") from None
@@ -80,7 +82,7 @@ def split_problem(store: Path, split: str, meta: dict[str, Any]) -> str | None:
             return f"{path}: missing"
         have = path.stat().st_size
         if have != want.get("bytes"):
-            return f"{path}: {_size_change(have, want.get('bytes'))} (meta.json records the size)"
+            return f"{path}: {_size_change(have, want.get('bytes'), 'meta.json records')}"
     frames = {}
     for m, spec in meta["modalities"].items():
         path = folder / f"{m}.npy"
@@ -96,7 +98,7 @@ def split_problem(store: Path, split: str, meta: dict[str, Any]) -> str | None:
         expected = header + int(np.prod(shape)) * dtype.itemsize
         have = path.stat().st_size
         if have != expected:
-            return f"{path}: {_size_change(have, expected)} (its header says {shape} {dtype})"
+            return f"{path}: {_size_change(have, expected, f'its header ({shape} {dtype}) needs')}"
         frames[m] = shape[0]
     try:
         rows = parse_index(folder / INDEX, list(meta["modalities"]), frames)
@@ -107,10 +109,10 @@ def split_problem(store: Path, split: str, meta: dict[str, Any]) -> str | None:
     return None
 
 
-def _size_change(have: int, want: int | None) -> str:
+def _size_change(have: int, want: int | None, basis: str) -> str:
     if want is not None and have < want:
-        return f"truncated ({have} of {want} bytes)"
-    return f"{have} bytes, expected {want}"
+        return f"truncated: {have} bytes, {basis} {want}"
+    return f"{have} bytes, {basis} {want}"
 
 
 def store_problem(store: str | Path) -> str | None:

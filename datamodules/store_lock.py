@@ -1,6 +1,8 @@
-"""One builder per store: a file lock next to it (`.<store>.lock`, fcntl.flock).
+"""One builder per store: a file lock next to the folder it guards (`.<name>.lock`, flock).
 
-Two processes preparing the same store at once (two users, two SLURM jobs) take turns: the
+`write_store` locks the store folder; a DataModule preparing its data locks the data folder
+(datamodules.store_prepare), which holds the store and may itself be generated. Two
+processes preparing the same store at once (two users, two SLURM jobs) take turns: the
 second waits until the first has finished, then finds the store built and uses it. The wait
 is bounded by VMR_STORE_LOCK_TIMEOUT_S (default 6 hours); past it, a one-line error names
 the process holding the lock. The lock is re-entrant within a process (preparing a store
@@ -38,8 +40,8 @@ class Lock:
 
 
 def lock_path(store: str | Path) -> Path:
-    store = Path(store).absolute()
-    return store.parent / f".{store.name}.lock"
+    store = Path(store)
+    return store.parent / f".{store.absolute().name}.lock"
 
 
 def timeout_s() -> float:
@@ -58,12 +60,13 @@ def store_lock(store: str | Path, required: bool = True) -> Iterator[Lock]:
     (a read-only folder) the block runs without it; a build there fails on its own.
     """
     path = lock_path(store)
-    if path in _held:
-        _held[path] += 1
+    key = path.absolute()
+    if key in _held:
+        _held[key] += 1
         try:
             yield Lock(path)
         finally:
-            _held[path] -= 1
+            _held[key] -= 1
         return
     try:
         fd, waited = _acquire(path, timeout_s())
@@ -72,11 +75,11 @@ def store_lock(store: str | Path, required: bool = True) -> Iterator[Lock]:
             raise
         yield Lock(None)
         return
-    _held[path] = 1
+    _held[key] = 1
     try:
         yield Lock(path, waited)
     finally:
-        del _held[path]
+        del _held[key]
         path.unlink(missing_ok=True)  # before unlocking: a waiter then sees a removed file
         os.close(fd)
 

@@ -20,6 +20,7 @@ split, an unknown key) stops before anything is written.
 from __future__ import annotations
 
 import contextlib
+import logging
 import statistics
 import time
 import warnings
@@ -45,17 +46,20 @@ from lightning_app.per_query import concat_draws, query_tables
 from lightning_app.registry import build_datamodule, build_model
 from lightning_app.retrieval import metrics_from_ranks
 from lightning_app.run_dir import git_commit, launch_rank, wait_for_rank0
+from lightning_app.run_status import read_status
 from lightning_app.table import metrics_table
 from lightning_app.trainer_factory import prepare_model
 from lightning_app.truth_recall import TruthRecall
 
 EVAL_DIR = "eval"
+log = logging.getLogger("vmr")
 
 
 def evaluate(ckpt: str | Path, overrides: Sequence[str] = (), out: str | Path | None = None
              ) -> tuple[dict[str, float], Path | None]:
     """(metrics, results folder) for `ckpt` (the folder is None on ranks other than 0)."""
     saved = read_checkpoint(ckpt)
+    warn_if_failed_run(saved.path)
     trained = config_from_dict(saved.record["config"], str(saved.path))
     cfg = config_with_overrides(saved.record["config"], list(overrides), str(saved.path))
     e = cfg.eval
@@ -137,6 +141,16 @@ def evaluate(ckpt: str | Path, overrides: Sequence[str] = (), out: str | Path | 
         spread = {k[:-len("/std")]: v for k, v in metrics.items() if k.endswith("/std")}
         print(metrics_table(spread, e.split, title="standard deviation over the draws"))
     return metrics, out_dir
+
+
+def warn_if_failed_run(ckpt: Path) -> None:
+    """A failed run's checkpoints are whole (written atomically) but not its final result."""
+    parent = Path(ckpt).resolve().parent
+    run = parent.parent if parent.name == "checkpoints" else parent
+    status = read_status(run)
+    if status.get("status") == "failed" and launch_rank() == 0:
+        log.warning("vmr: warning: %s is from a run that failed (%s); evaluating it anyway",
+                    ckpt, status.get("reason", "no reason recorded"))
 
 
 def new_eval_dir(ckpt: Path) -> Path:

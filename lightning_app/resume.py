@@ -26,6 +26,7 @@ from lightning_app.run_dir import (
     launch_rank,
     make_run_dir,
 )
+from lightning_app.run_status import read_status
 
 log = logging.getLogger("vmr")
 
@@ -88,6 +89,7 @@ def open_run(cfg: Config, target: tuple[Path, Path] | None) -> tuple[Path, Path 
     """The run folder to write into and the checkpoint to continue from (None: from scratch)."""
     if target is not None:
         run, ckpt = target
+        _note_failed(run)
         claim_run_dir(run)
         key = launch_key()
         if key and launch_rank() == 0:  # after a requeue, this launch continues this folder
@@ -97,8 +99,16 @@ def open_run(cfg: Config, target: tuple[Path, Path] | None) -> tuple[Path, Path 
     ckpt = latest_checkpoint(run)
     if ckpt is not None:  # a scheduler launch found its folder again: continue it
         check_same_config(run, cfg, f"resuming {run}")
+        _note_failed(run)
         log.info("vmr: resuming %s from %s", run, ckpt.name)
     return run, ckpt
+
+
+def _note_failed(run: Path) -> None:
+    """Resuming is how a failed run continues: say so (its status goes back to running)."""
+    status = read_status(run)
+    if status.get("status") == "failed" and launch_rank() == 0:
+        log.info("vmr: %s had failed (%s); continuing it", run, status.get("reason", "?"))
 
 
 def check_same_config(run: Path, cfg: Config, where: str) -> None:

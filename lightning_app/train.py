@@ -20,6 +20,7 @@ from datamodules.atomic import write_json, write_text
 from datamodules.base import TRUTH_FILE
 from datamodules.errors import DataError
 from datamodules.extract.specs import dataset_extractor
+from lightning_app.atomic_checkpoint import AtomicModelCheckpoint
 from lightning_app.callbacks import RecallAtK
 from lightning_app.callbacks.back_retrieval import BackRetrieval, check_source
 from lightning_app.callbacks.method_diagnostics import method_callbacks
@@ -31,6 +32,7 @@ from lightning_app.loggers import build_loggers, finish_loggers
 from lightning_app.registry import build_datamodule, build_model
 from lightning_app.resume import checkpoint_position, open_run, resume_target
 from lightning_app.run_dir import git_commit, launch_rank, wait_for_rank0
+from lightning_app.run_status import run_status
 from lightning_app.table import metrics_table
 from lightning_app.trainer_factory import (
     build_trainer,
@@ -61,6 +63,13 @@ def train(cfg: Config) -> tuple[dict[str, float], dict[str, Any]]:
     prepare_model(cfg, model)
 
     run_dir, ckpt_path = open_run(cfg, target)
+    # From here on a run that stops on an error is marked failed (status.json).
+    with run_status(run_dir, write=launch_rank() == 0):
+        return _fit_and_test(cfg, datamodule, model, run_dir, ckpt_path)
+
+
+def _fit_and_test(cfg: Config, datamodule: Any, model: Any, run_dir: Path,
+                  ckpt_path: Path | None) -> tuple[dict[str, float], dict[str, Any]]:
     commit = git_commit()
     write_text(run_dir / "config.yaml", to_yaml(cfg))
     hparams = {"config": to_dict(cfg), "seed": cfg.seed, "git_commit": commit,
@@ -117,7 +126,8 @@ def build_callbacks(cfg: Config, run_dir: Path, datamodule: Any = None
                     ) -> tuple[RecallAtK, ModelCheckpoint, list]:
     """Evaluation, checkpointing, and the callbacks that rewrite the training pairs."""
     ckpt = cfg.checkpoint
-    checkpoint = ModelCheckpoint(
+    # Atomic checkpoint files; a full disk stops the run with one line (no partial .ckpt).
+    checkpoint = AtomicModelCheckpoint(
         dirpath=run_dir / "checkpoints", monitor=ckpt.monitor, mode=ckpt.mode,
         # Lightning 2.6 still writes last.ckpt at the end of a fast_dev_run: not here.
         save_top_k=ckpt.save_top_k, save_last=ckpt.save_last and not cfg.trainer.fast_dev_run,
