@@ -21,6 +21,7 @@ from datamodules.errors import DataError
 from datamodules.feature_store import SPLITS, StoreSplit, read_meta
 from datamodules.pairs import PairDataset, identity_collate
 from datamodules.sampling import SparseFrameDataset
+from datamodules.store_prepare import prepare_store
 from datamodules.train_pairs import PairOverrideDataset, TrainPairs
 from datamodules.unpaired import UnpairedDataset
 from datamodules.unpaired_access import UnpairedPoolMixin
@@ -104,7 +105,9 @@ class StoreDataModule(UnpairedPoolMixin, pl.LightningDataModule, abc.ABC):
         """Make sure an up-to-date store exists at `self.store_path` (build it if not)."""
 
     def prepare_data(self) -> None:
-        self.ensure_store()
+        # Under the store's lock; a damaged store is rebuilt from the source or is a one-line
+        # error, before any run folder exists (datamodules.store_prepare).
+        prepare_store(self.store_path, self.ensure_store, self.root)
 
     @property
     def dims(self) -> dict[str, int]:

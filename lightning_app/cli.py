@@ -2,7 +2,7 @@
 
     vmr train NAME [key=value ...]       run experiments/NAME.yaml
     vmr synth --dataset himv200k --out DIR [--pairs N --seed S ...]
-    vmr prepare --dataset himv200k --src DIR [--out DIR]
+    vmr prepare --dataset himv200k --src DIR [--out DIR] [--verify]
     vmr compare [RUNS_DIR | RUN_DIR ...] [--by KEY ...] [--format md|csv|json]
     vmr experiments                      list experiment names
     vmr eval CKPT [key=value ...] [--out DIR]   (lightning_app/cli_eval.py)
@@ -154,6 +154,8 @@ def _synth_mgsv_ec(args: argparse.Namespace, spec, shared: float) -> Path:
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
+    if args.verify:
+        return _verify_store(args.out or args.src / "store")
     if args.dataset == "mgsv_ec":
         from datamodules.mgsv_ec import pack_mgsv_ec
 
@@ -174,6 +176,19 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
         out = pack_himv200k(args.src, args.out, val_size=args.val_size, test_size=args.test_size)
     print(f"packed {args.dataset} from {args.src} into {out}")
+    return 0
+
+
+def _verify_store(store: Path) -> int:
+    """`vmr prepare --verify`: sizes, index and SHA-256s; one line per bad file, exit 2."""
+    from datamodules.store_check import verify_store
+
+    problems, checked = verify_store(store)
+    for line in problems:
+        print(f"vmr: error: {line}", file=sys.stderr)
+    if problems:
+        return 2
+    print(f"{store}: store verified ({checked} files match their SHA-256)")
     return 0
 
 
@@ -253,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", choices=DATASETS, required=True)
     p.add_argument("--src", required=True, type=Path, help="the dataset folder")
     p.add_argument("--out", type=Path, default=None, help="store folder (default SRC/store)")
+    p.add_argument("--verify", action="store_true",
+                   help="check the store's files against the SHA-256s in its meta.json")
     p.add_argument("--val-size", type=int, default=4000, help="used only when SRC has no splits/")
     p.add_argument("--test-size", type=int, default=1000, help="used only when SRC has no splits/")
     p.add_argument("--labels", nargs="+", default=["Music video"],
@@ -296,4 +313,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"vmr: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk or unwritable folder any writer met: one line
+        from datamodules.atomic import storage_message
+
+        message = storage_message(e)
+        if args.debug or message is None:
+            raise
+        print(f"vmr: error: {message}", file=sys.stderr)
         return 2

@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.atomic import save_npy, write_json
-from datamodules.errors import DataError
+from datamodules.errors import DataError, StorageError
 from datamodules.progress import progress_bar
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v")
@@ -182,6 +182,8 @@ def run_jobs(
                     try:
                         out = finish(prepared) if finish is not None else prepared
                         save_npy(task.output, _check_output(out, task))
+                    except StorageError:
+                        raise  # a full disk or read-only folder stops the job, not one file
                     except DataError as e:
                         error = str(e)
                 if error is None:
