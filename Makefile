@@ -11,7 +11,7 @@ BENCH_STAMP := $(VENV)/.installed-bench
 NAME ?= quickstart
 ARGS ?=
 
-.PHONY: help install system-deps exp eval sweep study test test-slow test-full bench lint clean
+.PHONY: help install system-deps exp eval sweep study extract-slurm test test-slow test-full bench lint clean
 
 help: ## Show this help
 	@echo "usage: make <target> [NAME=experiment] [ARGS=\"key=value ...\"]"
@@ -53,6 +53,11 @@ slurm: ## SLURM job: make slurm NAME=x NODES=1 GPUS=8 [PARTITION= TIME= CPUS= AR
 	if [ -n "$(DRY)" ]; then cat "$$script"; else \
 		test -x $(BIN)/vmr || { echo "make slurm: run 'make install' first" >&2; exit 1; }; \
 		sbatch "$$script"; fi
+
+extract-slurm: ## Sharded extraction as a SLURM job array: make extract-slurm SHARDS=8 ARGS="video --input DIR --out DIR --backbone clip_vit_b32 --weights W" [GPUS=1 CPUS=8 TIME= PARTITION=] [DRY=1]
+	$(BIN)/vmr extract-slurm --shards $(or $(SHARDS),8) --gpus $(or $(GPUS),1) \
+		--cpus $(or $(CPUS),8) $(if $(TIME),--time $(TIME)) \
+		$(if $(PARTITION),--partition $(PARTITION)) $(if $(DRY),--dry-run) -- $(ARGS)
 
 system-deps: ## ffmpeg, sound-theme-freedesktop, chromium via apt when missing (decoding, test sounds, report test)
 	@bash .ci/system-deps

@@ -1,9 +1,12 @@
 """The raw-media commands of `vmr`: extract, build-dataset, retrieve.
 
-    vmr extract audio --input DIR --out DIR --features vmnet|logmel [--workers N]
-    vmr extract video --input DIR --out DIR --backbone inception_v3|resnet50 --weights FILE
-                      [--pca FILE | --pca-dim 1024] [--quantize] [--workers N]
-    vmr build-dataset --videos DIR --out DIR --layout himv200k|mvd --weights FILE ...
+    vmr extract audio --input DIR --out DIR --features vmnet|logmel|ast|vggish
+                      [--weights W] [--pca FILE] [--workers N] [--shard K/N]
+    vmr extract video --input DIR --out DIR --backbone inception_v3|resnet50|clip_vit_b32
+                      --weights W [--pca FILE | --pca-dim 1024] [--quantize] [--shard K/N]
+    vmr extract-merge DIR                      (the shard reports -> one summary)
+    vmr extract-slurm --shards N [--dry-run] -- audio|video ARGS   (a SLURM job array)
+    vmr build-dataset --videos DIR --out DIR --layout himv200k|mvd|mgsv_ec --weights W ...
     vmr retrieve --ckpt CKPT --library DIR (--video FILE | --music FILE) [-k 10] [--json]
 
 Batch jobs never stop at a bad file: it is listed (with its reason) in the summary and in
@@ -17,6 +20,7 @@ import logging
 from pathlib import Path
 
 from datamodules.errors import DataError
+from lightning_app.cli_shards import add_shard_commands
 
 
 def _device(name: str | None):
@@ -68,7 +72,11 @@ def _finish(summary, out: Path, report: str) -> int:
 
 def _cmd_extract(args: argparse.Namespace) -> int:
     from datamodules.extract.folders import extract_audio, extract_video
+    from datamodules.extract.shards import parse_shard
 
+    shard = parse_shard(args.shard) if args.shard is not None else None
+    if shard is not None:
+        return _extract_shard(args, shard)
     if args.modality == "audio":
         spec = _audio_spec(args, args.features, args.weights, args.pca)
         summary = extract_audio(args.input, args.out, spec, workers=args.workers,
@@ -78,6 +86,27 @@ def _cmd_extract(args: argparse.Namespace) -> int:
                                    workers=args.workers, device=_device(args.device),
                                    codes=args.quantize, keep_raw=args.keep_raw)
     return _finish(summary, args.out, f"extract-{args.modality}-report.json")
+
+
+def _extract_shard(args: argparse.Namespace, shard) -> int:
+    from datamodules.extract.shards import extract_audio_shard, extract_video_shard
+
+    if args.modality == "audio":
+        spec = _audio_spec(args, args.features, args.weights, args.pca)
+        summary = extract_audio_shard(args.input, args.out, spec, shard, workers=args.workers,
+                                      device=_device(args.device))
+    else:
+        if args.keep_raw:
+            raise DataError("--keep-raw: raw features are kept only while fitting a PCA, "
+                            "which a sharded run does not do")
+        summary = extract_video_shard(args.input, args.out, _video_spec(args),
+                                      _pca_plan(args).dim, shard, workers=args.workers,
+                                      device=_device(args.device), codes=args.quantize)
+    if not (summary.done or summary.skipped or summary.failed):
+        summary.write(args.out / shard.report_name(args.modality))
+        print(f"{summary.what}: no file of {args.input} falls in this shard")
+        return 0
+    return _finish(summary, args.out, shard.report_name(args.modality))
 
 
 def _cmd_build_dataset(args: argparse.Namespace) -> int:
@@ -142,6 +171,12 @@ def _audio_options(p: argparse.ArgumentParser) -> None:
                    help="ast: a 10-s window every this many seconds")
 
 
+def _shard_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--shard", default=None, metavar="K/N",
+                   help="extract only shard K of N (K from 0; by a hash of each file's id); "
+                   "the N shards' outputs together equal one unsharded run's")
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=2, help="files decoded in parallel")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if any)")
@@ -163,6 +198,7 @@ def add_media_commands(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--pca", type=Path, default=None,
                    help="vggish: YouTube-8M PCA parameters (.npz); output PCA'd + quantised")
     _audio_options(a)
+    _shard_option(a)
     _common(a)
     a.set_defaults(func=_cmd_extract)
     v = modality.add_parser("video", help="CNN frame features, PCA-whitened")
@@ -170,8 +206,11 @@ def add_media_commands(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--out", type=Path, required=True, help="folder for <id>.npy files")
     v.add_argument("--keep-raw", action="store_true", help="keep the raw CNN features")
     _video_options(v, required=True)
+    _shard_option(v)
     _common(v)
     v.set_defaults(func=_cmd_extract)
+
+    add_shard_commands(sub)
 
     p = sub.add_parser("build-dataset", help="a folder of videos -> a dataset folder")
     p.add_argument("--videos", type=Path, required=True)
