@@ -25,13 +25,7 @@ import torch
 from datamodules.atomic import atomic_file
 from datamodules.errors import DataError
 from datamodules.extract import default_device
-from datamodules.extract.jobs import (
-    MEDIA_EXTENSIONS,
-    VIDEO_EXTENSIONS,
-    Task,
-    list_media,
-    run_jobs,
-)
+from datamodules.extract.jobs import Task, list_media, run_jobs
 from datamodules.extract.specs import AudioSpec, VideoSpec, specs_from_record
 from datamodules.sampling import global_sparse_batch
 from lightning_app.checkpoint_file import read_checkpoint
@@ -143,8 +137,8 @@ class Recommender:
                 progress: bool = True) -> tuple[list[str], torch.Tensor]:
         """(relative file names, [N, E] embeddings) of every `side` file under `folder`."""
         folder = Path(folder)
-        exts = VIDEO_EXTENSIONS if side == "video" else MEDIA_EXTENSIONS
-        files = list_media(folder, exts)
+        # Recognised by content: a video library leaves out songs, a music one keeps videos.
+        files = list_media(folder, need="video" if side == "video" else None)
         spec = self.specs[side]
         spec_key = _digest(dataclasses.asdict(spec))
         cache = folder / CACHE_DIR

@@ -45,16 +45,21 @@ def test_plan_tasks_names_both_files_of_a_colliding_id(tmp_path):
         plan_tasks(files, tmp_path / "out")
 
 
-def test_list_media_filters_extensions_and_hidden_folders(tmp_path):
+def test_list_media_takes_media_names_probes_the_rest_and_skips_hidden_folders(tmp_path):
     _write_files(tmp_path, ["x.mp4", "y.txt", "z.WAV"])
     _write_files(tmp_path / ".vmr-cache", ["c.mp4"])
     _write_files(tmp_path / "sub", ["w.mp3"])
+    # y.txt is probed by content (not media); files named as media are decoded later
     assert [p.name for p in list_media(tmp_path)] == ["w.mp3", "x.mp4", "z.WAV"]
     with pytest.raises(DataError, match="none: no such file or folder"):
         list_media(tmp_path / "none")
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(DataError, match=r"empty: no media files \(looked for \.mp4"):
+    with pytest.raises(DataError, match=r"empty: no media files \(the folder holds no files\)"):
+        list_media(empty)
+    (empty / "notes.txt").write_text("not a song")
+    with pytest.raises(DataError, match=r"none of its 1 files holds audio or video \(e\.g\. "
+                       r".*notes\.txt: cannot decode \(not in any audio or video format"):
         list_media(empty)
 
 

@@ -1,20 +1,18 @@
-"""Decode video frames and audio samples from a media file with torchcodec.
+"""Decode video frames and audio samples from a media file, never silently short.
 
-The one place that talks to the decoder, so that every way a file can be unusable (missing,
-empty, corrupt, lacking the stream asked for, holding no frames) becomes a `MediaError`
-naming the file and the reason: a batch job then lists the file and carries on, and the CLI
-prints one line. No exception of torchcodec's escapes from here.
+torchcodec decodes first; its result is checked against the duration the file's header
+states for that stream, and a decode more than 2 % (and 50 ms) short, or one torchcodec
+cannot do at all, is done again with the `ffmpeg` program (datamodules/extract/ffmpeg_cli.py).
+If that is short too, the file fails with both lengths in its reason. Frame and sample times
+count from the stream's own start. Every way a file can be unusable becomes a `MediaError`
+naming the file and the reason (probe.py); no decoder exception escapes from here.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
+import logging
 import math
 import os
-import re
-from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,109 +20,30 @@ from torchcodec.decoders import AudioDecoder, VideoDecoder
 from torchcodec.transforms import Resize
 
 from datamodules.errors import DataError
+from datamodules.extract.ffmpeg_cli import ffmpeg_audio, ffmpeg_frames, packet_count
+from datamodules.extract.probe import (
+    MediaError,
+    MediaInfo,
+    decoding,
+    existing_file,
+    probe,
+    short_reason,
+)
+
+__all__ = ["MediaError", "MediaInfo", "probe", "frame_times", "decode_video_frames",
+           "decode_audio", "check_waveform", "is_short"]
+
+log = logging.getLogger("vmr")
+
+SHORT_FRACTION = 0.02  # a decode this much shorter than the header's duration is short ...
+SHORT_SECONDS = 0.05  # ... if also this many seconds short (a codec's end trimming is less)
 
 
-class MediaError(DataError):
-    """A media file that cannot be used; the message is "PATH: reason"."""
-
-    def __init__(self, path: str | os.PathLike, reason: str):
-        super().__init__(f"{path}: {reason}")
-        self.path = str(path)
-        self.reason = reason
-
-
-@dataclasses.dataclass(frozen=True)
-class MediaInfo:
-    """What a file's header says, read without decoding anything.
-
-    `duration` is the container's duration, else the longest stream's, else 0.0 (a header
-    that states none, e.g. a stream without frames); the per-stream fields are None when the
-    file lacks that stream or the header does not say.
-    """
-
-    path: str
-    has_video: bool
-    has_audio: bool
-    duration: float
-    video_frames: int | None = None
-    fps: float | None = None
-    width: int | None = None
-    height: int | None = None
-    video_codec: str | None = None
-    sample_rate: int | None = None
-    num_channels: int | None = None
-    audio_codec: str | None = None
-
-
-_CPP_PREFIX = re.compile(r"^.*?\.cpp:\d+,\s*")
-_MAX_REASON = 160
-
-
-def _short(exc: BaseException, path: Path) -> str:
-    """torchcodec's message without its C++ source location, the path or the bug-report text."""
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    text = _CPP_PREFIX.sub("", lines[0]) if lines else type(exc).__name__
-    text = text.replace(f"{path} ", "").replace(str(path), "").strip(" :,")
-    text = re.sub(r"\s+", " ", text) or type(exc).__name__
-    return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 3] + "..."
-
-
-@contextlib.contextmanager
-def _decoding(path: Path, reason: str | None = None) -> Iterator[None]:
-    """Turn any decoder exception into MediaError: `reason` if given, else "cannot decode"."""
-    try:
-        yield
-    except MediaError:
-        raise
-    except Exception as exc:  # torchcodec raises RuntimeError, ValueError, IndexError
-        raise MediaError(path, reason or f"cannot decode ({_short(exc, path)})") from exc
-
-
-def _existing_file(path: str | os.PathLike) -> Path:
-    path = Path(path)
-    if not path.is_file():
-        raise MediaError(path, "file not found")
-    if path.stat().st_size == 0:
-        raise MediaError(path, "empty file (0 bytes)")
-    return path
-
-
-def _header(path: Path):
-    # torchcodec's public decoders open one stream and fail when it is absent; the header
-    # reader (torchcodec._core, pinned <0.12 in pyproject.toml) lists every stream without
-    # decoding, which is what tells "no audio stream" apart from "cannot decode".
-    from torchcodec._core import get_container_metadata_from_header
-
-    with _decoding(path):
-        return get_container_metadata_from_header(str(path))
-
-
-def _best(meta, index: int | None):
-    return None if index is None else meta.streams[index]
-
-
-def probe(path: str | os.PathLike) -> MediaInfo:
-    """Streams and duration of `path` from its header (fast: nothing is decoded)."""
-    path = _existing_file(path)
-    meta = _header(path)
-    video = _best(meta, meta.best_video_stream_index)
-    audio = _best(meta, meta.best_audio_stream_index)
-    streams = [s.duration_seconds_from_header or 0.0 for s in meta.streams]
-    duration = meta.duration_seconds_from_header or max(streams, default=0.0)
-    return MediaInfo(
-        path=str(path),
-        has_video=video is not None,
-        has_audio=audio is not None,
-        duration=float(duration),
-        video_frames=getattr(video, "num_frames_from_header", None),
-        fps=getattr(video, "average_fps_from_header", None),
-        width=getattr(video, "width", None),
-        height=getattr(video, "height", None),
-        video_codec=getattr(video, "codec", None),
-        sample_rate=getattr(audio, "sample_rate", None),
-        num_channels=getattr(audio, "num_channels", None),
-        audio_codec=getattr(audio, "codec", None),
-    )
+def is_short(decoded: float, expected: float | None) -> bool:
+    """True when `decoded` seconds fall short of `expected` by > 2 % and > 50 ms."""
+    if not expected:
+        return False
+    return expected - decoded > max(SHORT_FRACTION * expected, SHORT_SECONDS)
 
 
 def frame_times(stop: float, fps: float) -> list[float]:
@@ -137,6 +56,11 @@ def frame_times(stop: float, fps: float) -> list[float]:
     return [k / fps for k in range(n)]
 
 
+def _check_args(fps: float, max_seconds: float | None) -> None:
+    if not fps > 0 or (max_seconds is not None and not max_seconds > 0):
+        raise ValueError(f"fps and max_seconds must be positive, got {fps} and {max_seconds}")
+
+
 def decode_video_frames(
     path: str | os.PathLike,
     fps: float = 1.0,
@@ -144,41 +68,79 @@ def decode_video_frames(
     seek_mode: str = "exact",
     size: tuple[int, int] | None = None,
 ) -> torch.Tensor:
-    """Frames played at t_k = k / fps, for t_k < min(duration, max_seconds): uint8 [T, 3, H, W].
+    """Frames played at start + k / fps, for k / fps < min(length, max_seconds): uint8
+    [T, 3, H, W], where start is the stream's first time (not 0: an MPEG-TS starts at 1.4 s).
 
     A video with any frame gives at least one. The frames come from one batched call
     (`get_frames_played_at`). `seek_mode="exact"` (default) scans the file's packet index
-    once, without decoding, so the duration and frame times are the real ones even where a
-    header is wrong or the frame rate varies; "approximate" trusts the header and skips the
-    scan. The scan is cheap next to decoding: on a 6-minute 320x240 30-fps H.264 file both
-    modes took 0.87 s for the 360 frames at 1 fps (2-core CPU). `size=(height, width)` has
-    the decoder resize each frame (bilinear with antialiasing, like torchvision's Resize),
+    once, without decoding, so the length and frame times are the real ones even where a
+    header is wrong or the frame rate varies; "approximate" trusts the header. On a 6-minute
+    320x240 30-fps H.264 file both took 0.87 s for the 360 frames at 1 fps (2-core CPU).
+    `size=(height, width)` has the decoder resize each frame (bilinear with antialiasing),
     so six minutes of HD video never sit in memory at full size (360 1080p frames: 2.2 GB).
+    A stream torchcodec finds shorter than its header says, or cannot seek in, is decoded
+    again by the ffmpeg program.
     """
-    if not fps > 0 or not max_seconds > 0:
-        raise ValueError(f"fps and max_seconds must be positive, got {fps} and {max_seconds}")
-    path = _existing_file(path)
+    _check_args(fps, max_seconds)
+    path = existing_file(path)
     info = probe(path)
     if not info.has_video:
         raise MediaError(path, "no video stream")
     if info.video_frames == 0:
         raise MediaError(path, "zero length (no video frames)")
-    # A stream the header gives neither duration nor frames and that cannot be opened is a
-    # stream without frames (e.g. an AVI header with no packets), not a corrupt file.
-    empty = "zero length (no video frames)" if not (info.duration or info.video_frames) else None
-    with _decoding(path, empty):
-        decoder = VideoDecoder(str(path), seek_mode=seek_mode, dimension_order="NCHW",
+    try:
+        frames, span = _torchcodec_frames(path, info, fps, max_seconds, seek_mode, size)
+    except MediaError as err:
+        if err.reason.startswith("zero length") and not info.duration:
+            raise
+        return _recover_frames(path, info, fps, max_seconds, size, err.reason, None)
+    if is_short(span, info.video_duration):
+        return _recover_frames(path, info, fps, max_seconds, size, None, span)
+    return frames
+
+
+def _torchcodec_frames(path, info: MediaInfo, fps, max_seconds, seek_mode, size):
+    """(frames, the stream's length in seconds as torchcodec found it)."""
+    with decoding(path):
+        decoder = VideoDecoder(str(path), stream_index=info.video_stream, seek_mode=seek_mode,
+                               dimension_order="NCHW",
                                transforms=None if size is None else [Resize(tuple(size))])
     meta = decoder.metadata
     begin = meta.begin_stream_seconds or 0.0
     end = meta.end_stream_seconds
     if len(decoder) == 0 or end is None or not end > begin:
         raise MediaError(path, "zero length (no video frames)")
-    # A stream starting after 0 s shows its first frame at those earlier times.
-    times = [max(t, begin) for t in frame_times(min(end, max_seconds), fps)]
-    with _decoding(path):
+    times = [begin + t for t in frame_times(min(end - begin, max_seconds), fps)]
+    try:
         frames = decoder.get_frames_played_at(times).data
-    return frames.contiguous()
+    except Exception as exc:  # noqa: BLE001 - the reason travels in the MediaError
+        raise MediaError(path, f"cannot seek to the frames at {times[0]:.2f}-{times[-1]:.2f} s "
+                         f"({short_reason(exc, path)})") from exc
+    return frames.contiguous(), end - begin
+
+
+def _recover_frames(path, info: MediaInfo, fps, max_seconds, size, error, span) -> torch.Tensor:
+    """The frames through the ffmpeg program, after torchcodec failed (`error`) or found
+    only `span` seconds; MediaError naming both results if ffmpeg does no better."""
+    length = info.video_duration or info.duration
+    first = error or f"torchcodec found {span:.2f} s of the {length:.2f} s in the header"
+    expected = len(frame_times(min(length, max_seconds), fps)) if length else 1
+    hw = tuple(size) if size is not None else (info.height or 0, info.width or 0)
+    if not all(hw):
+        raise MediaError(path, first)
+    try:
+        pixels = ffmpeg_frames(path, info.video_stream, fps, expected, hw)
+    except MediaError as err:
+        pixels, first = None, f"{first}; {err.reason}"
+    if pixels is None or len(pixels) == 0:
+        if packet_count(path, info.video_stream) == 0:  # the real cause of either failure
+            raise MediaError(path, "zero length (no video frames)")
+        raise MediaError(path, f"{first}; the ffmpeg program decoded no frames either")
+    if is_short(len(pixels) / fps, min(length, max_seconds) if length else None):
+        raise MediaError(path, f"{first}; the ffmpeg program decoded {len(pixels)} of "
+                         f"{expected} frames (damaged or truncated file?)")
+    log.info("%s: %s; decoded with the ffmpeg program instead", path, first)
+    return torch.from_numpy(pixels)
 
 
 def check_waveform(y: np.ndarray | torch.Tensor, source: str = "waveform") -> np.ndarray:
@@ -200,34 +162,70 @@ def decode_audio(
 ) -> np.ndarray:
     """The file's audio as float32 mono [N] (nominally in [-1, 1]) at `sample_rate` Hz.
 
-    The rate is converted by torchcodec (FFmpeg's swresample); channels are then averaged,
-    as librosa.load(mono=True) does. (torchcodec's own `num_channels=1`, like `ffmpeg -ac 1`,
+    The rate is converted by FFmpeg's swresample; channels are then averaged, as
+    librosa.load(mono=True) does. (torchcodec's own `num_channels=1`, like `ffmpeg -ac 1`,
     mixes stereo as 0.707 L + 0.707 R: 3 dB louder than the mean, and beyond [-1, 1] for a
-    loud correlated pair.) `max_seconds` stops decoding there (the rest of the file is not
-    read). As with the ffmpeg CLI, a lossy codec's end padding is kept: an AAC track may
-    end with up to one codec frame (1024 source samples) more than its nominal duration.
+    loud correlated pair.) Samples count from the stream's start; `max_seconds` stops
+    decoding there (the rest of the file is not read). As with the ffmpeg CLI, a lossy
+    codec's end padding is kept: an AAC track may end with up to one codec frame (1024
+    source samples) more than its nominal duration. A decode shorter than the header's
+    duration is done again by the ffmpeg program (see the module's docstring).
     """
     if not (isinstance(sample_rate, int) and sample_rate > 0):
         raise ValueError(f"sample_rate must be a positive int, got {sample_rate!r}")
-    if max_seconds is not None and not max_seconds > 0:
-        raise ValueError(f"max_seconds must be positive or None, got {max_seconds}")
-    path = _existing_file(path)
+    _check_args(1.0, max_seconds)
+    path = existing_file(path)
     info = probe(path)
     if not info.has_audio:
         raise MediaError(path, "no audio stream")
-    with _decoding(path):
-        decoder = AudioDecoder(str(path), sample_rate=sample_rate)
+    length = info.audio_duration or info.duration
+    expected = min(length, max_seconds) if max_seconds is not None else length
+    first = None
     try:
-        samples = decoder.get_samples_played_in_range(0.0, max_seconds)
-    except Exception as exc:
-        if "No audio frames were decoded" in str(exc):
-            raise MediaError(path, "zero length (no audio samples)") from exc
-        raise MediaError(path, f"cannot decode ({_short(exc, path)})") from exc
-    if samples.data.numel() == 0:
+        data = _torchcodec_samples(path, info, sample_rate, max_seconds)
+        got = data.shape[1] / sample_rate
+        if is_short(got, expected):
+            first = f"torchcodec decoded {got:.2f} s of the {expected:.2f} s in the header"
+    except MediaError as err:
+        first = err.reason
+    if first is not None:
+        data = _recover_samples(path, info, sample_rate, max_seconds, first, expected)
+    if data.shape[1] == 0:
         raise MediaError(path, "zero length (no audio samples)")
-    data = samples.data.numpy()
     # numpy, not torch: torch's threaded reduction stalled 2x on a busy 2-core machine.
     y = (data[0] if data.shape[0] == 1 else data.mean(axis=0)).astype(np.float32, copy=False)
     if not np.isfinite(y).all():
         raise MediaError(path, "cannot decode (the decoder returned NaN or infinite samples)")
     return y
+
+
+def _torchcodec_samples(path, info: MediaInfo, sample_rate, max_seconds) -> np.ndarray:
+    with decoding(path):
+        decoder = AudioDecoder(str(path), stream_index=info.audio_stream,
+                               sample_rate=sample_rate)
+    begin = decoder.metadata.begin_stream_seconds or 0.0
+    stop = None if max_seconds is None else begin + max_seconds
+    try:
+        samples = decoder.get_samples_played_in_range(begin, stop)
+    except Exception as exc:  # noqa: BLE001 - the reason travels in the MediaError
+        if "No audio frames were decoded" in str(exc):
+            raise MediaError(path, f"zero length (no audio samples from {begin:.2f} s)") from exc
+        raise MediaError(path, f"cannot decode ({short_reason(exc, path)})") from exc
+    return samples.data.numpy()
+
+
+def _recover_samples(path, info: MediaInfo, sample_rate, max_seconds, first, expected):
+    """[C, N] samples from the ffmpeg program; MediaError naming both results if short."""
+    try:
+        data = ffmpeg_audio(path, info.audio_stream, sample_rate, info.num_channels or 1,
+                            max_seconds)
+    except MediaError as err:
+        raise MediaError(path, f"{first}; {err.reason}") from err
+    got = data.shape[1] / sample_rate
+    if data.shape[1] == 0 and first.startswith("zero length"):
+        raise MediaError(path, first)
+    if is_short(got, expected):
+        raise MediaError(path, f"{first}; the ffmpeg program decoded {got:.2f} s (damaged or "
+                         "truncated file?)")
+    log.info("%s: %s; decoded with the ffmpeg program instead", path, first)
+    return data

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from datamodules.errors import DataError
-from datamodules.extract.jobs import JobSummary, Task, list_media, plan_tasks, run_jobs
+from datamodules.extract.jobs import JobSummary, Task, plan_tasks, run_jobs, scan_media
 from datamodules.extract.specs import AudioSpec, VideoSpec, file_sha256
 
 log = logging.getLogger("vmr")
@@ -27,9 +27,11 @@ log = logging.getLogger("vmr")
 def extract_audio(source: Path, out: Path, spec: AudioSpec, workers: int = 0,
                   device: torch.device | None = None, progress: bool = True) -> JobSummary:
     """One feature file per media file under `source` (the audio track of videos too)."""
-    tasks = plan_tasks(list_media(source), out)
-    return run_jobs(tasks, spec.prepare(), spec.finish(device), workers=workers,
-                    what=f"audio {spec.features}", progress=progress)
+    scan = scan_media(source)
+    summary = run_jobs(plan_tasks(scan.files, out), spec.prepare(), spec.finish(device),
+                       workers=workers, what=f"audio {spec.features}", progress=progress)
+    summary.not_media = scan.not_media
+    return summary
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +51,8 @@ def extract_video(source: Path, out: Path, spec: VideoSpec, pca: PCAPlan | None 
     on-disk form) instead of their dequantised values.
     """
     pca = pca or PCAPlan()
-    tasks = plan_tasks(list_media(source), out)
+    scan = scan_media(source, need="video")
+    tasks = plan_tasks(scan.files, out)
     # Loading the CNN first also checks the weights file, before anything is written.
     cnn = spec.load_encoder(device)
     spec = dataclasses.replace(spec, weights=str(Path(spec.weights).resolve()),
@@ -62,6 +65,7 @@ def extract_video(source: Path, out: Path, spec: VideoSpec, pca: PCAPlan | None 
         project = spec.project(codes=codes)
         summary = run_jobs(tasks, spec.prepare(), lambda f: project(encode(f)), workers,
                            what=f"video {spec.backbone}", progress=progress)
+        summary.not_media = scan.not_media
         return summary, spec
 
     todo = [t for t in tasks if not t.output.exists()]
@@ -81,7 +85,7 @@ def extract_video(source: Path, out: Path, spec: VideoSpec, pca: PCAPlan | None 
     summary = JobSummary(f"video {spec.backbone}", done=projected.done,
                          skipped=[t.name for t in tasks if t not in todo],
                          failed=raw.failed + projected.failed,
-                         seconds=raw.seconds + projected.seconds)
+                         seconds=raw.seconds + projected.seconds, not_media=scan.not_media)
     if not keep_raw:  # a raw file is only needed until its projection is written
         for t in ready:
             if (out / f"{t.name}.npy").exists():

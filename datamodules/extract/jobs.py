@@ -25,11 +25,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules.atomic import save_npy, write_json
 from datamodules.errors import DataError, StorageError
+from datamodules.extract.media_files import (  # noqa: F401 - re-exported
+    AUDIO_EXTENSIONS,
+    MEDIA_EXTENSIONS,
+    VIDEO_EXTENSIONS,
+    scan_media,
+)
 from datamodules.progress import progress_bar
 
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v")
-AUDIO_EXTENSIONS = (".wav", ".mp3", ".flac", ".ogg", ".oga", ".opus", ".m4a", ".aac")
-MEDIA_EXTENSIONS = VIDEO_EXTENSIONS + AUDIO_EXTENSIONS
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
 
@@ -47,20 +50,25 @@ class JobSummary:
     skipped: list[str] = dataclasses.field(default_factory=list)
     failed: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (source, reason)
     seconds: float = 0.0
+    # files of the folder that are not media (or lack the stream needed): (file, reason)
+    not_media: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
     def line(self) -> str:
         rate = len(self.done) / self.seconds if self.seconds > 0 else 0.0
+        other = f", {len(self.not_media)} not media" if self.not_media else ""
         return (f"{self.what}: {len(self.done)} done, {len(self.skipped)} skipped (output "
-                f"exists), {len(self.failed)} failed in {self.seconds:.1f} s "
+                f"exists), {len(self.failed)} failed{other} in {self.seconds:.1f} s "
                 f"({rate:.2f} files/s)")
 
     def report(self) -> str:
-        """The summary line followed by one line per failed file with its reason."""
-        return "\n".join([self.line(), *(f"  failed: {r}" for _, r in self.failed)])
+        """The summary line, then one line per failed or left-out file with its reason."""
+        return "\n".join([self.line(), *(f"  failed: {r}" for _, r in self.failed),
+                          *(f"  not media: {r}" for _, r in self.not_media)])
 
     def as_dict(self) -> dict[str, Any]:
         return {"what": self.what, "done": self.done, "skipped": self.skipped,
                 "failed": [{"file": f, "reason": r} for f, r in self.failed],
+                "not_media": [{"file": f, "reason": r} for f, r in self.not_media],
                 "seconds": round(self.seconds, 3)}
 
     def write(self, path: Path) -> None:
@@ -77,18 +85,9 @@ def media_id(path: Path) -> str:
     return name or "_"
 
 
-def list_media(source: Path, extensions: Sequence[str] = MEDIA_EXTENSIONS) -> list[Path]:
-    """Media files under a folder (recursively, sorted), or the single file given."""
-    if source.is_file():
-        return [source]
-    if not source.is_dir():
-        raise DataError(f"{source}: no such file or folder")
-    files = sorted(p for p in source.rglob("*")
-                   if p.is_file() and p.suffix.lower() in extensions
-                   and not any(part.startswith(".") for part in p.relative_to(source).parts))
-    if not files:
-        raise DataError(f"{source}: no media files (looked for {', '.join(extensions)})")
-    return files
+def list_media(source: Path, need: str | None = None) -> list[Path]:
+    """Media files under a folder (recognised by content, see media_files.py), or the file."""
+    return scan_media(source, need).files
 
 
 def plan_tasks(files: Sequence[Path], out: Path) -> list[Task]:
