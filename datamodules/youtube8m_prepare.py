@@ -135,7 +135,7 @@ def prepare_youtube8m(
             "dataset": "youtube8m", "root": str(src.resolve()), "files": len(files),
             "fingerprint": fingerprint(files, label_ids, settings.val, settings.test,
                                        settings.seed),
-            "labels": label_ids, "splits": scheme, "split_settings": settings.as_meta(),
+            "labels": label_ids, "splits": scheme.text, "split_settings": settings.as_meta(),
             "skipped": dict(sorted(skips.items())),
         }
         if emb_dim is not None:
@@ -149,7 +149,7 @@ def prepare_youtube8m(
     level = logging.WARNING if set(skips) - {"no selected label"} else logging.INFO
     log.log(level, "youtube8m: kept %d of %d records from %d files (train %d, val %d, test %d; "
             "%s); skipped: %s", kept, kept + sum(skips.values()), len(files), counts["train"],
-            counts["val"], counts["test"], scheme, skip_text(skips) or "none")
+            counts["val"], counts["test"], scheme.text, skip_text(skips) or "none")
     return out
 
 

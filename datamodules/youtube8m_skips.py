@@ -14,6 +14,7 @@ from pathlib import Path
 from datamodules.errors import DataError
 from datamodules.youtube8m_files import partition_of
 from datamodules.youtube8m_scan import Scan
+from datamodules.youtube8m_splits import Scheme
 
 SPLIT_ORDER = ("train", "val", "test")
 
@@ -56,7 +57,8 @@ def check_some_kept(folder: Path, scans: list[Scan]) -> None:
                         f"{what_happened(scans, files_text(len(scans)))}")
 
 
-def check_splits_filled(folder: Path, files: list[Path], scans: list[Scan], scheme: str) -> None:
+def check_splits_filled(folder: Path, files: list[Path], scans: list[Scan],
+                        scheme: Scheme) -> None:
     """DataError naming the first empty split and what happened to the records meant for it."""
     counts = Counter(row["split"] for s in scans for row in s.rows)
     for split in SPLIT_ORDER:
@@ -65,12 +67,12 @@ def check_splits_filled(folder: Path, files: list[Path], scans: list[Scan], sche
         kept = sum(counts.values())
         if kept == 0:
             why = what_happened(scans, files_text(len(files)))
-        elif split == "train" and scheme.startswith("official") and "train split" not in scheme:
+        elif split == "train" and scheme.train_from_files:
             chosen = [s for f, s in zip(files, scans) if partition_of(f) == "train"]
             why = (what_happened(chosen, files_text(len(chosen), "train* ")) if chosen
                    else "there are no train* files")
         else:
             shown = ", ".join(f"{s} {counts[s]}" for s in SPLIT_ORDER)
-            why = (f"only {kept} records kept ({shown}; {scheme}), too few to fill every "
+            why = (f"only {kept} records kept ({shown}; {scheme.text}), too few to fill every "
                    "split; add records or raise that split's fraction")
         raise DataError(f"{folder}: split '{split}' is empty: {why}")

@@ -22,7 +22,7 @@ import dataclasses
 import hashlib
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from datamodules.errors import DataError
 from datamodules.youtube8m_files import partition_of
@@ -61,6 +61,11 @@ class SplitSettings:
                    int(recorded.get("seed", 0)))
 
 
+class Scheme(NamedTuple):
+    text: str  # for meta.json and the summary line
+    train_from_files: bool  # train holds exactly the records of the train* files
+
+
 def hash_unit(vid: str, seed: int = 0) -> float:
     """A stable pseudo-random number in [0, 1) for an id (and a seed)."""
     key = vid if seed == 0 else f"{seed}:{vid}"  # seed 0: the values stores always used
@@ -93,8 +98,8 @@ def _hash_split(rows: list[dict], settings: SplitSettings) -> None:
 
 
 def assign_splits(root: Path, folder: Path, files: list[Path], rows_per_file: list[list[dict]],
-                  settings: SplitSettings, skipped_outside_train: str) -> str:
-    """Set row["split"] on every row; returns a description of the scheme.
+                  settings: SplitSettings, skipped_outside_train: str) -> Scheme:
+    """Set row["split"] on every row; returns how.
 
     `skipped_outside_train` describes what was skipped in validate*/test* files, for the
     error when they yield no record and `val_fraction` is unset.
@@ -104,23 +109,25 @@ def assign_splits(root: Path, folder: Path, files: list[Path], rows_per_file: li
     rows = [row for file_rows in rows_per_file for row in file_rows]
     if not all(p is not None for p in parts):
         _hash_split(rows, settings)
-        return f"split by id hash (val {settings.val}, test {settings.test}{seed_text})"
+        return Scheme(f"split by id hash (val {settings.val}, test {settings.test}{seed_text})",
+                      False)
     for part, file_rows in zip(parts, rows_per_file):
         for row in file_rows:
             row["split"] = part
     have = Counter(row["split"] for row in rows)
     if have["val"] and have["test"]:
-        return "official partitions"
+        return Scheme("official partitions", True)
     if have["val"] or have["test"]:
         share = settings.test / (settings.val + settings.test)
         for row in rows:
             if row["split"] != "train":
                 row["split"] = ("test" if hash_unit(row["id"], settings.seed) < share
                                 else "val")
-        return f"official partitions; validate/test split by id hash ({share:.2f} test{seed_text})"
+        return Scheme(f"official partitions; validate/test split by id hash ({share:.2f} test"
+                      f"{seed_text})", True)
     if settings.val_fraction is None:
         raise DataError(f"{folder}: split 'val' is empty: {skipped_outside_train}; val and test "
                         f"come from the validate partition; {train_only_hint(root)}")
     _hash_split(rows, settings)
-    return (f"official partitions without val/test records; train split by id hash "
-            f"(val {settings.val}, test {settings.test}{seed_text})")
+    return Scheme(f"official partitions without val/test records; train split by id hash "
+                  f"(val {settings.val}, test {settings.test}{seed_text})", False)

@@ -183,3 +183,43 @@ def test_folder_without_tfrecords_says_what_is_there(tmp_path, capsys):
         f"{tmp_path / 'src' / 'frame'}: no frame-level TFRecord files (*.tfrecord, "
         "*.tfrecord.gz, *.tfrecord.zlib, *.tfrecords, *.tfrecords.gz, *.tfrecords.zlib); found "
         "1 other file, e.g. 'train0000.tfrecord.bz2'")
+
+
+def _records(prefix: str, n: int, label: int = MUSIC_VIDEO_LABEL) -> list[bytes]:
+    frames = {"rgb": [bytes(1024)] * 2, "audio": [bytes(128)] * 2}
+    return [encode_sequence_example({"id": f"{prefix}{k}", "labels": [label]}, frames)
+            for k in range(n)]
+
+
+@pytest.mark.parametrize(("files", "message"), [
+    # Official partitions, but every train record has another label.
+    ({"train0.tfrecord": _records("t", 3, label=1), "validate0.tfrecord": _records("v", 4)},
+     "split 'train' is empty: all 3 records of its 1 train* file were skipped (3 no selected "
+     "label)"),
+    # Train records kept, the validate/test ones all skipped, and no --val-fraction.
+    ({"train0.tfrecord": _records("t", 3), "validate0.tfrecord": _records("v", 2, label=1),
+      "test0.tfrecord": _records("x", 1, label=1)},
+     "split 'val' is empty: all 3 records of its 2 validate*/test* files were skipped (3 no "
+     "selected label); val and test come from the validate partition; split the train records "
+     "instead with `vmr prepare --dataset youtube8m --src {root} --val-fraction 0.1 "
+     "[--test-fraction 0.1] [--split-seed 0]`"),
+    # No partition names and too few records for every split.
+    ({"part-0.tfrecord": _records("p", 2) + _records("q", 1, label=1)},
+     "split '{empty}' is empty: only 2 records kept (train {train}, val {val}, test {test}; "
+     "split by id hash (val 0.1, test 0.1)), too few to fill every split; add records or raise "
+     "that split's fraction"),
+])
+def test_empty_split_says_why(tmp_path, capsys, files, message):
+    root = tmp_path / "src"
+    (root / "frame").mkdir(parents=True)
+    for name, records in files.items():
+        write_records(root / "frame" / name, records)
+    counts = {s: 0 for s in ("train", "val", "test")}
+    for vid in ("p0", "p1"):
+        u = _unit(vid, 0)
+        counts["test" if u < 0.1 else "val" if u < 0.2 else "train"] += 1
+    empty = next(s for s in ("train", "val", "test") if counts[s] == 0)
+    assert _prepare(root, tmp_path / "store", "--labels", str(MUSIC_VIDEO_LABEL)) == 2
+    assert _one_error_line(capsys) == f"{root / 'frame'}: " + message.format(
+        root=root, empty=empty, **counts)
+    _nothing_written(tmp_path)
