@@ -6,7 +6,10 @@ Each video gives one pair: its frames (CNN features, PCA-whitened) and its own a
     himv200k   Youtube_ID.txt, splits/{train,val,test}.txt, features/music/<id>.npy (1140-d
                VM-NET statistics), features/video/<id>.npy ([seconds, 1024])
     mvd        splits/{train,val,test}.csv (video_id,music_id), features/video/<id>.npy
-               ([seconds, D]), features/music/<id>.npy (log-mel [seconds, 128] or VM-NET)
+               ([seconds, D]), features/music/<id>.npy (log-mel [seconds, 128], VM-NET,
+               AST [windows, 768] or VGGish [seconds, 128])
+    mgsv_ec    the MGSV-EC release's layout: CLIP frames and AST windows as padded .pt
+               tensors with masks, dataset/MGSV-EC/<split>_data.csv (build_mgsv_ec.py)
 
 Both also get `extractor.json` (how the features were made, and the source folder; training
 copies it into the checkpoint so `vmr retrieve` can extract a new video the same way, and
@@ -34,7 +37,7 @@ from datamodules.extract.folders import PCAPlan, extract_audio, extract_video
 from datamodules.extract.jobs import JobSummary
 from datamodules.extract.specs import AudioSpec, VideoSpec, record
 
-LAYOUTS = ("himv200k", "mvd")
+LAYOUTS = ("himv200k", "mvd", "mgsv_ec")
 DEFAULT_AUDIO = {"himv200k": "vmnet", "mvd": "logmel", "mgsv_ec": "ast"}
 HIMV_VIDEO_DIM = 1024
 
@@ -75,6 +78,17 @@ def build_dataset(videos: Path, out: Path, layout: str, video: VideoSpec, audio:
     if layout not in LAYOUTS:
         raise DataError(f"layout {layout!r} unknown (choose from: {', '.join(LAYOUTS)})")
     pca = pca or PCAPlan()
+    if layout == "mgsv_ec":  # CLIP + AST in the release's own layout
+        from datamodules.extract.build_mgsv_ec import build_mgsv_ec
+
+        video_summary, music_summary, splits, video, audio = build_mgsv_ec(
+            videos, out, video, audio,
+            lambda ids: split_ids(ids, val_fraction, test_fraction, videos),
+            workers=workers, device=device, progress=progress)
+        write_json(out / "extractor.json",
+                   record(video, audio, layout=layout, videos=str(Path(videos).resolve())))
+        return BuildReport(out, video_summary, music_summary,
+                           {k: len(v) for k, v in splits.items()})
     if layout == "himv200k":
         _check_himv(video, audio, pca)
     video_summary, video = extract_video(videos, out / "features" / "video", video, pca,
