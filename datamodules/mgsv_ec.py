@@ -13,8 +13,8 @@ videos is stored 14 times; simple and mmap-friendly, about 8.5 GB of float32 for
 release's training split). Each index row keeps the CSV's clip boundaries and durations
 (`video_start`, `video_end`, `music_start`, `music_end`, `music_total_duration`, ...), the
 GT moment's window range `moment_windows` = [first, last] and `csv_line`
-(`test_data.csv:17`), for moment-level work; rows keep `music_id`, so evaluation galleries are de-duplicated tracks
-and every video of a track counts as its positive.
+(`test_data.csv:17`), for moment-level work; rows keep `music_id`, so evaluation galleries
+are de-duplicated tracks and every video of a track counts as its positive.
 
 Errors are one line naming the file or row: a missing CSV or feature folder, a CSV row
 without its four .pt files, a damaged file, a wrong shape, a mask with no valid entry,
@@ -54,15 +54,32 @@ PREPARE_VERSION = 1
 DIMS = {"video": VIDEO_DIM, "music": MUSIC_DIM}
 
 
-def find_feature_dir(root: Path) -> Path:
-    """The folder under `root` that holds both vit_feature1/ and ast_feature2p5/."""
+def _holds_features(folder: Path) -> bool:
+    return (folder / VIDEO_DIR).is_dir() and (folder / MUSIC_DIR).is_dir()
+
+
+def find_feature_dir(root: Path, depth: int = 3) -> Path:
+    """The folder under `root` that holds both vit_feature1/ and ast_feature2p5/.
+
+    The usual places first (feature_dir_candidates), then any folder at most `depth` levels
+    down (never inside the feature folders or a store); two such folders are ambiguous.
+    """
     for folder in feature_dir_candidates(root):
-        if (folder / VIDEO_DIR).is_dir() and (folder / MUSIC_DIR).is_dir():
+        if _holds_features(folder):
             return folder
-    looked = ", ".join(str(p) for p in feature_dir_candidates(root))
-    raise DataError(f"{root}: no MGSV-EC feature folders {VIDEO_DIR}/ and {MUSIC_DIR}/ (looked "
-                    f"in {looked}); unzip MGSV_feature.zip from the Hugging Face dataset "
-                    "xxayt/MGSV-EC there (docs/datasets.md)")
+    found, level = [], [root]
+    for _ in range(depth):
+        level = [e for d in level for e in sorted(d.iterdir()) if e.is_dir()
+                 and not e.name.startswith(".") and e.name not in (VIDEO_DIR, MUSIC_DIR, "store")]
+        found += [d for d in level if _holds_features(d)]
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise DataError(f"{root}: several MGSV-EC feature folders ({', '.join(map(str, found))});"
+                        " keep one")
+    raise DataError(f"{root}: no folder with the MGSV-EC feature folders {VIDEO_DIR}/ and "
+                    f"{MUSIC_DIR}/ (searched {depth} levels down); unzip MGSV_feature.zip from "
+                    "the Hugging Face dataset xxayt/MGSV-EC there (docs/datasets.md)")
 
 
 def _require_root(root: Path) -> None:

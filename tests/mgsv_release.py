@@ -26,6 +26,7 @@ WHERE = {
     "official": ("dataset/MGSV-EC", "features/Kuai_feature"),
     "flat": (".", "."),
     "zip_folder": ("dataset/MGSV-EC", "MGSV_feature"),
+    "unzipped_deeper": ("dataset/MGSV-EC", "features/MGSV_feature/Kuai_feature"),
 }
 
 

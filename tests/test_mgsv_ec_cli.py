@@ -15,6 +15,8 @@ import pytest
 import torch
 from mgsv_release import COLUMNS, small_splits, write_release
 
+from datamodules.errors import DataError
+from datamodules.mgsv_ec import find_feature_dir
 from datamodules.synthetic.mgsv_ec import ensure_synthetic_mgsv_ec
 from lightning_app.cli import main
 
@@ -129,6 +131,15 @@ def test_header_without_a_required_column(rel, capsys):
 def test_no_feature_folders(rel, capsys):
     shutil.rmtree(rel.root / "features")
     _fails_with(capsys, rel.root, "vit_feature1", "MGSV_feature.zip")
+
+
+def test_two_feature_folders_are_ambiguous(rel):
+    shutil.rmtree(rel.root / "dataset")  # not needed to find the features
+    (rel.root / "a" / "b").mkdir(parents=True)
+    shutil.copytree(rel.features, rel.root / "a" / "b" / "copy")
+    shutil.move(rel.root / "features", rel.root / "a" / "features")
+    with pytest.raises(DataError, match="several MGSV-EC feature folders"):
+        find_feature_dir(rel.root)
 
 
 def test_synth_writes_the_release_layout(tmp_path):
