@@ -18,6 +18,9 @@ from datamodules.mgsv_ec_csv import read_splits
 from datamodules.mgsv_ec_layout import FEATURE_PARENT, feature_path
 from lightning_app.cli import main
 
+# End to end (ffmpeg, two models, vmr prepare): about 8 s on a loaded 2-core machine.
+pytestmark = pytest.mark.slow
+
 SECONDS = {"red": 3.0, "green": 2.2, "blue": 5.5, "white": 3.6, "cyan": 2.0}
 
 
