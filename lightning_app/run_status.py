@@ -38,7 +38,16 @@ def write_status(run: str | Path, status: str, reason: str | None = None) -> Non
                               "host": socket.gethostname(), "pid": os.getpid()}
     if reason is not None:
         record["reason"] = reason
-    write_json(Path(run) / STATUS_FILE, record)
+    path = Path(run) / STATUS_FILE
+    try:
+        write_json(path, record)
+    except StorageError:
+        if not path.is_file():
+            raise
+        # A full disk: rewrite the existing file in place, in the block it already has.
+        with open(path, "r+") as f:
+            f.write(json.dumps(record, indent=2, sort_keys=True) + "\n")
+            f.truncate()
 
 
 def one_line(error: BaseException) -> str:
