@@ -66,7 +66,10 @@ def _finish(summary, out: Path, report: str) -> int:
     summary.write(out / report)
     print(summary.report())
     if not summary.done and not summary.skipped:
-        raise DataError(f"{out}: no file could be extracted (reasons in {out / report})")
+        reasons = [r for _, r in summary.failed + summary.not_media]
+        more = f" (and {len(reasons) - 1} more, in {out / report})" if len(reasons) > 1 else ""
+        first = f": {reasons[0]}" if reasons else ""
+        raise DataError(f"{out}: no file could be extracted{first}{more}")
     return 0
 
 

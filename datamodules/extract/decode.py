@@ -124,7 +124,8 @@ def _recover_frames(path, info: MediaInfo, fps, max_seconds, size, error, span) 
     only `span` seconds; MediaError naming both results if ffmpeg does no better."""
     length = info.video_duration or info.duration
     first = error or f"torchcodec found {span:.2f} s of the {length:.2f} s in the header"
-    expected = len(frame_times(min(length, max_seconds), fps)) if length else 1
+    # Without a length in the header (a raw H.264 stream), as many frames as there are.
+    expected = len(frame_times(min(length, max_seconds) if length else max_seconds, fps))
     hw = tuple(size) if size is not None else (info.height or 0, info.width or 0)
     if not all(hw):
         raise MediaError(path, first)

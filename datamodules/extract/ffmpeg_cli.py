@@ -75,12 +75,14 @@ def ffmpeg_frames(path: Path, stream: int, fps: float, count: int,
                   size: tuple[int, int]) -> np.ndarray:
     """`count` frames of stream `stream` at `fps` from its start, uint8 [count, 3, H, W].
 
-    The fps filter shows at each tick the frame on screen then, as torchcodec's
-    `get_frames_played_at` does; `size=(height, width)`. A stream that ends early gives
-    fewer frames (the caller checks).
+    With `round=up` a frame at time p is placed at tick ceil(p * fps), so the fps filter
+    gives at each tick t the last frame with p <= t: the frame on screen at t, as torchcodec's
+    `get_frames_played_at` does (measured on the corpus: within 2 grey levels of it, the
+    difference being the resize filter). `size=(height, width)`. A stream that ends early
+    gives fewer frames (the caller checks).
     """
     h, w = size
-    vf = f"fps=fps={fps}:round=down,scale={w}:{h}:flags=bilinear"
+    vf = f"fps=fps={fps}:round=up,scale={w}:{h}:flags=bilinear"
     raw = _run(path, ["-i", str(path), "-map", f"0:{stream}", "-vf", vf,
                       "-frames:v", str(count), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
     frame = h * w * 3

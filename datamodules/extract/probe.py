@@ -82,7 +82,9 @@ def decoding(path: Path, reason: str | None = None) -> Iterator[None]:
     except MediaError:
         raise
     except Exception as exc:  # torchcodec raises RuntimeError, ValueError, IndexError
-        raise MediaError(path, reason or f"cannot decode ({short_reason(exc, path)})") from exc
+        # A seek failure (e.g. a raw H.264 stream without timestamps) is named as such.
+        what = "cannot seek" if "seek" in str(exc).lower() else "cannot decode"
+        raise MediaError(path, reason or f"{what} ({short_reason(exc, path)})") from exc
 
 
 def existing_file(path: str | os.PathLike) -> Path:
@@ -104,9 +106,9 @@ def _header(path: Path):
         try:
             return get_container_metadata_from_header(str(path))
         except Exception as exc:
-            if "Invalid data found" in str(exc):  # FFmpeg's probe recognised no format
+            if "Could not open input file" in str(exc):  # no format FFmpeg knows fits it
                 raise MediaError(path, "cannot decode (not in any audio or video format FFmpeg "
-                                 "reads)") from exc
+                                 f"reads: {short_reason(exc, path).split(': ', 1)[-1]})") from exc
             raise
 
 
