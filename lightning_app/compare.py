@@ -28,7 +28,9 @@ def compare_runs(paths: list[Path], stage: str = "test", sort: str | None = None
     """(the table in `fmt`, a note on skipped runs or "")."""
     found = find_runs(paths)
     if not found.finished:
-        raise ConfigError(f"no finished runs (metrics.json) under {', '.join(map(str, paths))}")
+        skipped = _skipped_note(len(found.unfinished), len(found.failed))
+        raise ConfigError(f"no finished runs (metrics.json) under {', '.join(map(str, paths))}"
+                          + (f" ({skipped})" if skipped else ""))
     runs = [load_run(p, stage) for p in found.finished]
     have = sorted({k for r in runs for k in r.metrics})
     shown = list(metrics) if metrics else [m for m in SHOWN if m in have] or have

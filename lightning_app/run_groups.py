@@ -23,6 +23,7 @@ import yaml
 
 from lightning_app.config.loading import flatten
 from lightning_app.errors import ConfigError
+from lightning_app.run_status import read_status
 
 EXCLUDED = ("seed", "run_dir", "resume", "description", "data.root", "data.store",
             "data.num_workers", "data.prepare_workers", "logger", "trainer.enable_progress_bar",
@@ -77,14 +78,8 @@ def _run_folders(path: Path) -> list[Path]:
 
 
 def _failed(run: Path) -> bool:
-    status = run / "status.json"
-    if not status.is_file():
-        return False
-    try:
-        data = json.loads(status.read_text())
-    except ValueError:
-        return False
-    return isinstance(data, dict) and str(data.get("status", "")).lower() == "failed"
+    """status.json says failed (lightning_app.run_status; a resumed run is running again)."""
+    return str(read_status(run).get("status", "")).lower() == "failed"
 
 
 def read_mapping(path: Path, parse) -> dict:
