@@ -191,12 +191,12 @@ def test_each_method_takes_clip_frames_and_ast_windows(tmp_path):
     from lightning_app.registry import build_datamodule, build_model
 
     root = tmp_path / "syn"
-    assert ensure_synthetic_mgsv_ec(root, {"pairs": 60, "val": 10, "test": 10})
-    assert not ensure_synthetic_mgsv_ec(root, {"pairs": 60, "val": 10, "test": 10})
+    small = ["data.synthetic.pairs=60", "data.synthetic.val=10", "data.synthetic.test=10"]
     for name in ("vmnet_mgsv_ec", "iiclvm_mgsv_ec", "ssvmr_mgsv_ec"):
-        cfg = load_config(name, [f"data.root={root}", "data.batch_size=8", "data.num_workers=0"])
+        cfg = load_config(f"{name}_synthetic", [f"data.root={root}", "data.batch_size=8", *small])
         dm = build_datamodule(cfg)
-        dm.prepare_data()
+        dm.prepare_data()  # the first one writes the synthetic release, the others reuse it
+        assert not ensure_synthetic_mgsv_ec(root, dm.synthetic)
         dm.setup()
         assert dm.dims == {"video": 512, "music": 768}
         model = build_model(cfg, dm.dims)
