@@ -18,6 +18,7 @@ from mgsv_release import POISON, WHERE, small_splits, write_release
 from datamodules.feature_store import StoreSplit
 from datamodules.mgsv_ec import MGSVECDataModule, pack_mgsv_ec
 from datamodules.mgsv_ec_eval import official_dedup_ranks, official_metrics
+from datamodules.mgsv_ec_tensors import TrackCache
 from lightning_app.retrieval import metrics_from_ranks, paired_retrieval_ranks
 
 
@@ -142,3 +143,15 @@ def test_official_metrics_by_hand():
     assert out["R100"] == pytest.approx(100 * 5 / 6)
     assert out["MedianR"] == 3.5 and out["MeanR"] == pytest.approx(134 / 6 + 1)
     assert out["MRR"] == pytest.approx(np.mean([1, 1, 1 / 2, 1 / 5, 1 / 10, 1 / 121]))
+
+
+def test_track_cache_reads_each_track_once_within_its_budget(release):
+    order = [mid for rows in release.rows.values() for mid in (r["music_id"] for r in rows)]
+    cache = TrackCache(release.features, 768)
+    for mid in order:
+        np.testing.assert_array_equal(cache(mid), release.music[mid])
+    assert cache.loads == len(set(order)) < len(order)
+    tiny = TrackCache(release.features, 768, max_bytes=1)  # keeps only the last track
+    for mid in ["4+5555555555", "7+9999999999", "4+5555555555", "4+5555555555"]:
+        tiny(mid)
+    assert tiny.loads == 3
