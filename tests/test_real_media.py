@@ -215,3 +215,22 @@ def test_vmr_extract_video_gives_one_row_per_second_of_every_container(
         path = _file(corpus, name).path
         rows = np.load(tmp_path / "out" / f"{media_id(Path(_copy_name(path)))}.npy").shape
         assert rows == (len(frame_times(ffprobe_stream(path, "v")[0], 1.0)), 2048), name
+
+
+def test_pictures_and_cover_art_are_not_video_but_motion_jpeg_is(corpus, tmp_path):
+    from datamodules.extract.probe import media_reason, probe
+
+    song = _file(corpus, "house_lo.mp3").path
+    jpg, cover, mjpeg = tmp_path / "cover.jpg", tmp_path / "tagged.mp3", tmp_path / "cam.avi"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=64x48",
+                    "-frames:v", "1", str(jpg)], check=True)
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(song), "-i", str(jpg), "-map", "0",
+                    "-map", "1", "-c", "copy", "-disposition:v", "attached_pic", str(cover)],
+                   check=True)
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(_file(corpus, "bikes.mp4").path),
+                    "-t", "2", "-c:v", "mjpeg", "-s", "64x48", str(mjpeg)], check=True)
+    assert probe(cover).has_audio and not probe(cover).has_video
+    assert media_reason(cover, "video") == "no video stream (audio only)"
+    assert media_reason(cover) is None
+    assert media_reason(jpg).startswith("no audio or video stream")
+    assert probe(mjpeg).has_video and len(decode_video_frames(mjpeg)) == 2
