@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import torch
 
 # Ranks -> numbers live in their own module; re-exported here, where callers look for them.
+from lightning_app.rank_kernel import ranks_from_pairs
 from lightning_app.rank_metrics import metrics_from_ranks, recall_curve
 
 __all__ = [
@@ -57,8 +58,17 @@ def _check_embeddings(query_emb: torch.Tensor, gallery_emb: torch.Tensor) -> Non
         )
     # NaN/inf scores compare False against everything, which would silently give a diverged
     # model rank 1 on every query; fail loudly instead.
-    if not (bool(torch.isfinite(query_emb).all()) and bool(torch.isfinite(gallery_emb).all())):
+    if not (_all_finite(query_emb) and _all_finite(gallery_emb)):
         raise ValueError("retrieval: embeddings contain NaN or inf values")
+
+
+def _all_finite(x: torch.Tensor) -> bool:
+    """True when no entry is NaN or +-inf: min and max propagate both, in one pass over x
+    (torch.isfinite makes four, which cost as much as a top-k search over a small chunk)."""
+    if x.numel() == 0:
+        return True
+    low, high = torch.aminmax(x)
+    return bool(torch.isfinite(low) & torch.isfinite(high))
 
 
 def _positive_pairs(
@@ -119,34 +129,10 @@ def _ranks_from_pairs(
 ) -> torch.Tensor:
     """Per-query ranks given positive (query, gallery) pairs sorted by query index.
 
-    Only a [chunk, G] score block and its positive mask exist at any time; the mask is built by
-    scattering the chunk's slice of the (sorted) pair list.
+    Memory stays at one score block (lightning_app/rank_kernel.py: cache-sized tiles on the
+    CPU, a [chunk, G] block elsewhere).
     """
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    device = query_emb.device
-    num_queries = query_emb.shape[0]
-    # Offsets of each query's block of pairs; kept on the CPU so slicing costs no device sync.
-    counts = torch.bincount(rows.cpu(), minlength=num_queries)
-    offsets = torch.zeros(num_queries + 1, dtype=torch.long)
-    offsets[1:] = counts.cumsum(0)
-    offsets = offsets.tolist()
-    rows = rows.to(device)
-    cols = cols.to(device)
-
-    gallery = gallery_emb.to(device).float()
-    ranks = torch.empty(num_queries, dtype=torch.long, device=device)
-    for start in range(0, num_queries, chunk_size):
-        stop = min(start + chunk_size, num_queries)
-        scores = query_emb[start:stop].float() @ gallery.T  # [c, G] float32
-        pos = torch.zeros_like(scores, dtype=torch.bool)
-        a, b = offsets[start], offsets[stop]
-        pos[rows[a:b] - start, cols[a:b]] = True
-        best_pos = scores.masked_fill(~pos, float("-inf")).amax(dim=1, keepdim=True)
-        # >= : a negative tied with the best positive is counted as ranked above it.
-        # int32 count: summing bools as int64 would copy the chunk at 8 bytes per score.
-        ranks[start:stop] = 1 + ((scores >= best_pos) & ~pos).sum(dim=1, dtype=torch.int32)
-    return ranks
+    return ranks_from_pairs(query_emb, gallery_emb, rows, cols, chunk_size)
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from lightning_app.retrieval import _check_embeddings, _ranks_from_pairs
+from lightning_app.topk_kernel import exact_topk
 
 __all__ = ["single_positive_ranks", "topk_search"]
 
@@ -85,27 +86,4 @@ def topk_search(
             f"topk_search: k={k} must be in [1, {available}] (gallery of {num_gallery} items"
             + (", one excluded per query)" if excluding else ")")
         )
-    gal = gallery.to(device).float()
-    out_scores = torch.empty((num_queries, k), dtype=torch.float32, device=device)
-    out_index = torch.empty((num_queries, k), dtype=torch.long, device=device)
-    for start in range(0, num_queries, chunk_size):
-        stop = min(start + chunk_size, num_queries)
-        scores = query[start:stop].float() @ gal.T  # [c, G]
-        if excluding:
-            ex = exclude[start:stop]
-            rows = torch.nonzero(ex >= 0).reshape(-1)
-            scores[rows, ex[rows]] = float("-inf")  # finite embeddings: never selected
-        kth = scores.topk(k, dim=1).values[:, -1:]  # the k-th best score per query
-        above = scores > kth
-        tied = scores == kth
-        # Fill the slots left after the strictly better items with the lowest-index ties.
-        # int32 throughout: an int64 sum and promotion would copy the chunk twice.
-        need = k - above.sum(dim=1, keepdim=True, dtype=torch.int32)
-        chosen = above | (tied & (tied.cumsum(dim=1, dtype=torch.int32) <= need))
-        index = chosen.nonzero()[:, 1].reshape(stop - start, k)  # ascending per row
-        picked = scores.gather(1, index)
-        # A stable sort keeps ascending index order among equal scores.
-        picked, order = picked.sort(dim=1, descending=True, stable=True)
-        out_scores[start:stop] = picked
-        out_index[start:stop] = index.gather(1, order)
-    return out_scores, out_index
+    return exact_topk(query, gallery, k, chunk_size, exclude if excluding else None)
