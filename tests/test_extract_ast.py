@@ -14,6 +14,7 @@ from tiny_models import AST_DIM, save_tiny_ast
 from datamodules.errors import DataError
 from datamodules.extract.ast_audio import ASTPrepare, load_ast_encoder, window_bounds
 from datamodules.extract.decode import decode_audio
+from datamodules.extract.specs import AudioSpec
 from lightning_app.cli import main
 
 SR = 16_000
@@ -86,6 +87,9 @@ def test_weights_that_do_not_fit_give_one_line(ast_dir, tmp_path, capsys):
     torch.save({"embeddings.cls_token": torch.zeros(1, 1, 7)}, bad / "pytorch_model.bin")
     with pytest.raises(DataError, match="bad: does not fit the AST model"):
         load_ast_encoder(bad, device="cpu")
+    changed = AudioSpec("ast", weights=str(ast_dir), weights_sha256="0" * 64)
+    with pytest.raises(DataError, match="ast weights file changed since the features were "):
+        changed.finish(torch.device("cpu"))
     src = tmp_path / "m"
     src.mkdir()
     make_audio(src / "x.wav", seconds=1.0)

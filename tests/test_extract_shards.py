@@ -8,7 +8,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from media import make_audio
+from media import make_audio, make_video
+from tiny_models import save_tiny_clip
 
 from datamodules.extract.shards import shard_of
 from lightning_app.cli import main
@@ -73,6 +74,21 @@ def test_bad_shard_values_give_one_line_and_exit_2(music, tmp_path, capsys, bad)
     err = capsys.readouterr().err.strip()
     assert err.startswith("vmr: error: --shard") and "\n" not in err
     assert not (tmp_path / "o").exists()
+
+
+def test_clip_video_shards_equal_one_run(tmp_path, capsys):
+    src = tmp_path / "videos"
+    src.mkdir()
+    for i, color in enumerate(("red", "green", "blue", "white")):
+        make_video(src / f"v{i}.mp4", seconds=1.0 + i % 2, size=(48, 32), color=color)
+    clip = save_tiny_clip(tmp_path / "clip")
+    args = ["extract", "video", "--input", str(src), "--backbone", "clip_vit_b32",
+            "--weights", str(clip), "--workers", "0", "--device", "cpu"]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    for k in range(2):
+        assert main([*args, "--out", str(tmp_path / "two"), "--shard", f"{k}/2"]) == 0
+    one = _files(tmp_path / "one")
+    assert len(one) == 4 and _files(tmp_path / "two") == one
 
 
 def test_sharded_video_needs_one_projection_for_all_shards(music, tmp_path, capsys):

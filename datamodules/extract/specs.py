@@ -90,7 +90,8 @@ class VideoSpec:
                                  image_size=self.size)
         # The encoder hashed exactly the bytes it loaded: no second read of the file.
         if self.weights_sha256 and enc.weights_sha256 != self.weights_sha256:
-            raise DataError(_changed(self.weights, "CNN weights", self.weights_sha256))
+            what = "CLIP weights" if self.is_clip else "CNN weights"
+            raise DataError(_changed(self.weights, what, self.weights_sha256))
         return enc
 
     def encoder(self, device: torch.device | None = None,
