@@ -118,8 +118,10 @@ def test_one_distinct_frame_per_second_from_the_stream_start(corpus, name):
 def test_a_stream_starting_late_gives_the_frames_and_sound_of_the_original(corpus, late,
                                                                             original):
     a, b = _file(corpus, late).path, _file(corpus, original).path
-    assert np.array_equal(decode_video_frames(a, size=(48, 64)),
-                          decode_video_frames(b, size=(48, 64)))
+    frames = decode_video_frames(b, size=(48, 64))
+    assert np.array_equal(decode_video_frames(a, size=(48, 64)), frames)
+    assert np.array_equal(decode_video_frames(a, size=(48, 64), seek_mode="approximate"),
+                          frames)
     if _file(corpus, late).channels:
         ya, yb = decode_audio(a, SR, max_seconds=360.0), decode_audio(b, SR)
         n = min(len(ya), len(yb))
@@ -234,3 +236,18 @@ def test_pictures_and_cover_art_are_not_video_but_motion_jpeg_is(corpus, tmp_pat
     assert media_reason(cover) is None
     assert media_reason(jpg).startswith("no audio or video stream")
     assert probe(mjpeg).has_video and len(decode_video_frames(mjpeg)) == 2
+
+
+def test_folders_are_read_by_content_for_the_stream_needed(corpus, tmp_path):
+    from datamodules.extract.decode import is_short
+    from datamodules.extract.jobs import list_media
+
+    for name in ["bbb.ts", "house_lo.mp3", "prompt", "bbb.h264"]:
+        shutil.copy(_file(corpus, name).path, tmp_path / name)
+    (tmp_path / "cover.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
+    assert [p.name for p in list_media(tmp_path)] == ["bbb.h264", "bbb.ts", "house_lo.mp3",
+                                                      "prompt"]
+    assert [p.name for p in list_media(tmp_path, need="video")] == ["bbb.h264", "bbb.ts"]
+    # the 2 % (and 50 ms) rule: vorbis end trimming of a tiny sound is not "short"
+    assert is_short(0.227, 3.310) and is_short(9.7, 10.0)
+    assert not is_short(9.81, 10.0) and not is_short(0.0578, 0.0606) and not is_short(1.0, None)

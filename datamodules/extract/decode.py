@@ -110,13 +110,17 @@ def _torchcodec_frames(path, info: MediaInfo, fps, max_seconds, seek_mode, size)
     end = meta.end_stream_seconds
     if len(decoder) == 0 or end is None or not end > begin:
         raise MediaError(path, "zero length (no video frames)")
-    times = [begin + t for t in frame_times(min(end - begin, max_seconds), fps)]
+    span = end - begin
+    if seek_mode == "approximate" and info.video_duration:
+        # from the header only: Matroska's end counts from 0, not from a late start
+        span = min(span, info.video_duration)
+    times = [begin + t for t in frame_times(min(span, max_seconds), fps)]
     try:
         frames = decoder.get_frames_played_at(times).data
     except Exception as exc:  # noqa: BLE001 - the reason travels in the MediaError
         raise MediaError(path, f"cannot seek to the frames at {times[0]:.2f}-{times[-1]:.2f} s "
                          f"({short_reason(exc, path)})") from exc
-    return frames.contiguous(), end - begin
+    return frames.contiguous(), span
 
 
 def _recover_frames(path, info: MediaInfo, fps, max_seconds, size, error, span) -> torch.Tensor:
