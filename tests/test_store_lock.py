@@ -116,3 +116,24 @@ def test_two_builders_started_together_both_succeed_with_one_whole_store(himv_ro
     assert verify_store(himv_root / "store") == ([], 9)
     leftovers = [p.name for p in himv_root.iterdir() if p.name.startswith(".")]
     assert leftovers == []
+
+
+@pytest.mark.slow
+def test_two_training_runs_on_fresh_synthetic_data_generate_and_pack_it_once(tmp_path):
+    root = tmp_path / "data"
+    logs = [tmp_path / f"train{i}.log" for i in range(2)]
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "lightning_app", "train", "quickstart", f"data.root={root}",
+         f"run_dir={tmp_path / f'runs{i}'}", "data.synthetic.pairs=400",
+         "data.synthetic.val=100", "data.synthetic.test=100", "data.batch_size=100",
+         "data.eval_batch_size=100", "trainer.fast_dev_run=true",
+         "trainer.enable_progress_bar=false", "logger.wandb.mode=disabled"],
+        cwd=PROJECT, env=_env(), stdout=open(log, "w"), stderr=subprocess.STDOUT)
+        for i, log in enumerate(logs)]
+    codes = [p.wait(timeout=300) for p in procs]
+    text = [log.read_text() for log in logs]
+    assert codes == [0, 0], text
+    # One generated the data and packed it; the other waited (or came after) and packed nothing.
+    assert sum(t.count("packing") for t in text) == 1, text
+    assert verify_store(root / "store") == ([], 9)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
