@@ -56,6 +56,8 @@ def one_line(error: BaseException) -> str:
 
     if isinstance(error, KeyboardInterrupt):
         return "interrupted (KeyboardInterrupt)"
+    if isinstance(error, SystemExit):  # Lightning ends a run on Ctrl-C with sys.exit(1)
+        return f"interrupted (exit code {error.code})"
     text = str(error).strip().splitlines()[0] if str(error).strip() else ""
     if isinstance(error, USER_ERRORS):
         return text

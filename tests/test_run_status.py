@@ -29,6 +29,12 @@ def test_run_status_marks_running_finished_and_failed(tmp_path):
                                               "allocate 2 GiB"
 
 
+def test_an_interrupted_run_is_marked_failed_with_the_interruption(tmp_path):
+    with pytest.raises(SystemExit), run_status(tmp_path):
+        raise SystemExit(1)  # how Lightning ends fit() after Ctrl-C
+    assert read_status(tmp_path)["reason"] == "interrupted (exit code 1)"
+
+
 def test_a_full_disk_without_a_file_name_names_the_run_folder(tmp_path):
     import errno
 
