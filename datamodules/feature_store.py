@@ -1,13 +1,16 @@
 """The packed feature store: the one training-time format every DataModule reads.
 
     <store>/meta.json                  format version, dims, dtypes, dequantisation,
-                                       source fingerprint, counts, checksums
+                                       source fingerprint, counts, each file's size and
+                                       SHA-256 (splits.<split>.files)
     <store>/<split>/index.jsonl        one row per item: id, music_id, per-modality
                                        offset/length, optional labels/text
     <store>/<split>/<modality>.npy     every frame of every item back to back [frames, dim]
 
 Arrays open with `np.load(mmap_mode="r")`, so loading never parses source files in the
-training loop. The whole store is written in a temporary folder and renamed into place.
+training loop. The whole store is written in a temporary folder and renamed into place,
+under a lock shared with other processes building it (datamodules.store_lock). Opening a
+split parses its whole index (datamodules.store_check checks sizes as well).
 """
 
 from __future__ import annotations

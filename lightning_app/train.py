@@ -1,7 +1,8 @@
 """`train(cfg) -> (metrics, objects)`: one experiment, from data to the run folder.
 
 A plain function so tests (and notebooks) call it directly; the CLI only parses arguments.
-Bad data or config fail before the run folder exists, so nothing half-written is left.
+Bad data or config fail before the run folder exists, so nothing half-written is left; a
+run that fails after that is marked failed in its status.json (lightning_app.run_status).
 A run continues from its checkpoint in its own folder when asked (`resume=`) or when a
 scheduler restarts the same launch (lightning_app.resume, lightning_app.run_dir).
 """
