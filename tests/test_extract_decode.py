@@ -198,3 +198,15 @@ def test_missing_streams(media):
 def test_zero_length_streams(media):
     _raises(decode_video_frames, media["no_frames"], "zero length")
     _raises(lambda p: decode_audio(p, 16000), media["no_samples"], "zero length")
+
+
+def test_a_seek_failure_is_named_as_one():
+    from datamodules.extract.probe import decoding
+
+    where = Path("clip.mpg")
+    with pytest.raises(MediaError) as info:
+        with decoding(where):
+            raise RuntimeError("scanFileAndUpdateMetadataAndIndex, /x/SingleStreamDecoder.cpp:357,"
+                               " Could not seek file to pts=0: Operation not permitted")
+    assert str(info.value) == ("clip.mpg: cannot seek (Could not seek file to pts=0: Operation "
+                               "not permitted)")

@@ -128,6 +128,14 @@ def test_a_stream_starting_late_gives_the_frames_and_sound_of_the_original(corpu
         assert abs(len(ya) - len(yb)) < 0.03 * SR and np.abs(ya[:n] - yb[:n]).max() < 1e-3
 
 
+# remuxes whose audio is the same as bigbuckbunny.mp4's (tested one by one above)
+_SAME_AUDIO = {"bbb.mkv", "bbb.mov", "bbb.avi"}
+
+
+def _in_folder(corpus) -> list:
+    return [f for f in corpus if f.channels and f.path.name not in _SAME_AUDIO]
+
+
 def _copy_name(path: Path) -> str:
     return f"{path.stem}-{path.suffix[1:]}{path.suffix}" if path.suffix else path.name
 
@@ -136,9 +144,8 @@ def _folder(corpus, tmp_path) -> Path:
     """Every audio file of the corpus, with names a media folder really has, plus non-media."""
     folder = tmp_path / "in"
     folder.mkdir()
-    for f in corpus:
-        if f.channels:  # bbb.mkv and bbb.avi -> ids bbb-mkv, bbb-avi
-            shutil.copy(f.path, folder / _copy_name(f.path))
+    for f in _in_folder(corpus):  # bbb.ts and bbb.mp4 -> ids bbb-ts, bbb-mp4
+        shutil.copy(f.path, folder / _copy_name(f.path))
     (folder / "notes.txt").write_text("track list\n")
     (folder / "lyrics.srt").write_text("1\n00:00:01,000 --> 00:00:02,000\nla\n")
     subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "color=c=red:size=32x32",
@@ -161,9 +168,7 @@ def test_vmr_extract_audio_reads_every_container_and_lists_what_is_not_media(
     assert "not in any audio or video format" in left_out["notes.txt"]
     assert "no audio or video stream" in left_out["cover.jpg"]
     assert "3 not media" in out and "not media: " in out
-    for f in corpus:
-        if not f.channels:
-            continue
+    for f in _in_folder(corpus):
         length, _ = ffprobe_stream(f.path, "a")
         name = media_id(Path(_copy_name(f.path)))
         rows = np.load(tmp_path / "out" / f"{name}.npy").shape[0]
