@@ -8,6 +8,7 @@
     vmr extract-slurm --shards N [--dry-run] -- audio|video ARGS   (a SLURM job array)
     vmr build-dataset --videos DIR --out DIR --layout himv200k|mvd|mgsv_ec --weights W ...
     vmr retrieve --ckpt CKPT --library DIR (--video FILE | --music FILE) [-k 10] [--json]
+                 [--index exact|flat|ivf|hnsw]
 
 Batch jobs never stop at a bad file: it is listed (with its reason) in the summary and in
 the report written next to the outputs. They exit 0 when at least one file was usable.
@@ -128,10 +129,14 @@ def _cmd_build_dataset(args: argparse.Namespace) -> int:
 
 def _cmd_retrieve(args: argparse.Namespace) -> int:
     from datamodules.extract.specs import read_record
+    from lightning_app.ann_index import IndexParams, require_faiss
     from lightning_app.recommend import Recommender, format_matches, matches_json
 
     if args.k < 1:
         raise DataError(f"-k {args.k}: must be >= 1")
+    index = IndexParams(args.index, nprobe=args.nprobe, ef_search=args.ef_search)
+    if index.kind != "exact":
+        require_faiss(index.kind)  # before any work: one line saying what to install
     if args.json:  # stdout carries only the JSON document
         logging.getLogger("vmr").setLevel(logging.WARNING)
     extractor = read_record(args.extractor) if args.extractor else None
@@ -140,7 +145,7 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
     side, query = ("video", args.video) if args.video else ("music", args.music)
     direction = "video -> music" if side == "video" else "music -> video"
     matches = rec.recommend(side, query, args.library, k=args.k, workers=args.workers,
-                            progress=not args.json)
+                            progress=not args.json, index=index)
     if args.json:
         print(matches_json(matches, query, direction, args.ckpt))
     else:
@@ -242,6 +247,12 @@ def add_media_commands(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--video", type=Path, help="query video file")
     q.add_argument("--music", type=Path, help="query music file")
     p.add_argument("-k", type=int, default=10, help="how many results")
+    p.add_argument("--index", choices=("exact", "flat", "ivf", "hnsw"), default="exact",
+                   help="exact search (default), or a FAISS index cached with the library: "
+                        "flat (exact), ivf or hnsw (approximate; pip install 'vmr[faiss]')")
+    p.add_argument("--nprobe", type=int, default=0,
+                   help="ivf: cells searched per query (0: nlist / 16, at least 8)")
+    p.add_argument("--ef-search", type=int, default=128, help="hnsw: candidates kept per query")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--extractor", type=Path, default=None,
                    help="extractor.json to use instead of the checkpoint's record")

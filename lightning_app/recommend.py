@@ -1,13 +1,14 @@
 """A trained checkpoint as a recommender: music for a new video, videos for a piece of music.
 
 `vmr retrieve --ckpt CKPT --library DIR --video FILE` embeds every track under DIR once and
-caches it next to the library (`DIR/.vmr-cache/`): per-file features keyed by the
-extractor (a changed file gets a new key from its size and mtime), and the library's
-embeddings keyed by the checkpoint's SHA-256, the extractor and the file list, so they are
-rebuilt exactly when the checkpoint or the files change. The query goes through the same
-extractor the training data did (the record the checkpoint carries, see
-datamodules/extract/specs.py) and the same frame sampling as evaluation, then the exact
-top-k search of lightning_app.search.
+caches it next to the library (`DIR/.vmr-cache/`, see lightning_app/retrieve_cache.py):
+per-file features keyed by the extractor and the file (size, mtime and a content
+fingerprint), and the library's embeddings keyed by the checkpoint's SHA-256, the extractor
+and the file list, so they are rebuilt exactly when the checkpoint or the files change;
+damaged cache files are rebuilt. The query goes through the same extractor the training
+data did (the record the checkpoint carries, see datamodules/extract/specs.py) and the same
+frame sampling as evaluation, then the exact top-k search of lightning_app.search, or an
+index from lightning_app/ann_index.py (`--index`).
 """
 
 from __future__ import annotations
@@ -28,10 +29,12 @@ from datamodules.extract import default_device
 from datamodules.extract.jobs import Task, list_media, run_jobs
 from datamodules.extract.specs import AudioSpec, VideoSpec, specs_from_record
 from datamodules.sampling import global_sparse_batch
+from lightning_app.ann_index import IndexParams, cached_index, index_search
 from lightning_app.checkpoint_file import read_checkpoint
 from lightning_app.config import Config, config_from_dict
 from lightning_app.errors import ConfigError
 from lightning_app.registry import build_model
+from lightning_app.retrieve_cache import drop_damaged, file_key, read_embeddings
 from lightning_app.search import topk_search
 from models.base import RetrievalModule
 
@@ -146,7 +149,8 @@ class Recommender:
         tasks = []
         for f in files:
             rel = str(f.relative_to(folder)) if f != folder else f.name
-            tasks.append(Task(rel, f, feature_dir / f"{_file_key(f, rel)}.npy"))
+            tasks.append(Task(rel, f, feature_dir / f"{file_key(f, rel)}.npy"))
+        drop_damaged(t.output for t in tasks)  # a damaged feature file is extracted again
         # Build the extractor (a CNN, for videos) only when some file is not cached yet.
         new = any(not t.output.exists() for t in tasks)
         summary = run_jobs(tasks, spec.prepare(), self._finish(side) if new else None,
@@ -166,8 +170,9 @@ class Recommender:
                        "files": [(t.name, t.output.name) for t in ready]})
         emb_path = cache / f"embeddings-{side}-{key[:16]}.npz"
         if emb_path.exists():
-            with np.load(emb_path, allow_pickle=False) as z:
-                return [str(n) for n in z["names"]], torch.from_numpy(z["embeddings"])
+            cached = read_embeddings(emb_path, len(ready))
+            if cached is not None:
+                return cached
         emb = self.embed(side, [np.load(t.output) for t in ready])
         for old in cache.glob(f"embeddings-{side}-*.npz"):  # one current cache per side
             old.unlink(missing_ok=True)
@@ -177,15 +182,21 @@ class Recommender:
         return [t.name for t in ready], emb
 
     def recommend(self, query_side: str, query: Path, library: Path, k: int = 10,
-                  workers: int = 0, progress: bool = True) -> list[Match]:
+                  workers: int = 0, progress: bool = True,
+                  index: IndexParams | None = None) -> list[Match]:
+        """The k best `library` files for `query`; `index` picks the search (default exact)."""
         target = "music" if query_side == "video" else "video"
         # The query first: a bad query file fails before any library work.
         q = self.embed(query_side, [self.extract(query_side, Path(query))])
         names, gallery = self.library(target, library, workers, progress)
         k = min(k, len(names))
-        scores, idx = topk_search(q, gallery, k)
-        return [Match(r + 1, float(s), names[i])
-                for r, (s, i) in enumerate(zip(scores[0].tolist(), idx[0].tolist()))]
+        if index is None or index.kind == "exact":
+            scores, idx = topk_search(q, gallery, k)
+        else:  # built once per library state, cached with the embeddings
+            built = cached_index(gallery.numpy(), index, Path(library) / CACHE_DIR, target)
+            scores, idx = index_search(built, q, k)
+        found = [(s, i) for s, i in zip(scores[0].tolist(), idx[0].tolist()) if i >= 0]
+        return [Match(r + 1, float(s), names[i]) for r, (s, i) in enumerate(found)]
 
 
 def feature_batch(arrays: list[np.ndarray],
@@ -207,12 +218,6 @@ def feature_batch(arrays: list[np.ndarray],
         idx, mask = global_sparse_batch(lengths, frames, train=False)
         x = np.stack([s[i] for s, i in zip(seqs, idx)]) * mask[..., None]
     return torch.from_numpy(x.astype(np.float32)), torch.from_numpy(mask)
-
-
-def _file_key(path: Path, rel: str) -> str:
-    """Changes when the file is replaced or edited (size or mtime), so its features are redone."""
-    st = path.stat()
-    return hashlib.sha1(f"{rel}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:20]
 
 
 def _digest(obj: Any) -> str:

@@ -247,3 +247,69 @@ def test_vmnet_on_a_built_himv200k_layout_recommends_from_raw_files(tmp_path, re
         g = rec.model.encode_music({"music": m, "music_mask": torch.ones(4, 1, dtype=torch.bool)})
     np.testing.assert_allclose([r["score"] for r in out["results"]], (q @ g.T)[0].numpy(),
                                atol=1e-5)
+
+
+def _retrieve_json(trained, library, capsys, *extra):
+    args = ["retrieve", "--ckpt", str(trained["ckpt"]), "--device", "cpu", "--workers", "0",
+            "--library", str(library), "--video", str(trained["videos"] / "red.mp4"),
+            "-k", "12", "--json", *extra]
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_cache_sees_same_size_same_mtime_replacement_and_rebuilds_damaged_files(
+        trained, tmp_path, capsys):
+    import shutil
+
+    library = tmp_path / "lib"
+    shutil.copytree(trained["library"], library)
+    code, out, _ = _retrieve_json(trained, library, capsys)
+    assert code == 0
+    first = {r["file"]: r["score"] for r in json.loads(out)["results"]}
+
+    # Another tone, same length (so the same size), and the old modification time put back.
+    red = library / "track_red.wav"
+    stat = red.stat()
+    make_audio(red, seconds=4.0, tone_hz=tone(7))
+    os.utime(red, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert red.stat().st_size == stat.st_size and red.stat().st_mtime_ns == stat.st_mtime_ns
+    code, out, _ = _retrieve_json(trained, library, capsys)
+    second = {r["file"]: r["score"] for r in json.loads(out)["results"]}
+    assert code == 0 and second["track_red.wav"] != pytest.approx(first["track_red.wav"])
+    assert {f: s for f, s in second.items() if f != "track_red.wav"} == pytest.approx(
+        {f: s for f, s in first.items() if f != "track_red.wav"})
+
+    # A truncated embeddings file and a truncated feature file: rebuilt, one warning each.
+    cache = library / CACHE_DIR
+    (emb_file,) = cache.glob("embeddings-music-*.npz")
+    emb_file.write_bytes(emb_file.read_bytes()[:50])
+    feature = sorted(cache.rglob("features-*/*.npy"))[0]
+    feature.write_bytes(feature.read_bytes()[:100])
+    code, out, err = _retrieve_json(trained, library, capsys)
+    assert code == 0 and {r["file"]: r["score"] for r in json.loads(out)["results"]} == (
+        pytest.approx(second))
+    lines = err.strip().splitlines()
+    assert len(lines) == 2, err
+    assert "damaged cached feature file" in lines[0] and "damaged embeddings cache" in lines[1]
+    assert np.load(feature).ndim >= 1 and len(list(cache.glob("embeddings-music-*.npz"))) == 1
+
+
+def test_cli_index_choices_and_missing_faiss(trained, tmp_path, capsys, monkeypatch):
+    import shutil
+    import sys
+
+    library = tmp_path / "lib"
+    shutil.copytree(trained["library"], library)
+    code, out, _ = _retrieve_json(trained, library, capsys)
+    exact = [r["file"] for r in json.loads(out)["results"]]
+    # 12 items: HNSW with its default search width finds them all, in the exact order.
+    # (flat and ivf: tests/test_ann_index.py, on the same code path.)
+    code, out, _ = _retrieve_json(trained, library, capsys, "--index", "hnsw")
+    assert code == 0 and [r["file"] for r in json.loads(out)["results"]] == exact
+    assert len(list((library / CACHE_DIR).glob("index-music-hnsw-*.faiss"))) == 1
+
+    monkeypatch.setitem(sys.modules, "faiss", None)  # as if FAISS were not installed
+    code, out, err = _retrieve_json(trained, library, capsys, "--index", "hnsw")
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert "needs FAISS" in err and "pip install 'vmr[faiss]'" in err
