@@ -21,6 +21,7 @@ from datamodules.atomic import write_json, write_text
 from datamodules.base import TRUTH_FILE
 from datamodules.errors import DataError
 from datamodules.extract.specs import dataset_extractor
+from lightning_app.ann_index import IndexParams
 from lightning_app.atomic_checkpoint import AtomicModelCheckpoint
 from lightning_app.callbacks import RecallAtK
 from lightning_app.callbacks.back_retrieval import BackRetrieval, check_source
@@ -157,6 +158,7 @@ def build_callbacks(cfg: Config, run_dir: Path, datamodule: Any = None
             rank_tolerance=br.rank_tolerance, similarity_floor=br.similarity_floor,
             weight=br.weight, max_new=br.max_new, batch_size=cfg.data.eval_batch_size,
             chunk_size=cfg.eval.chunk_size, source=br.source,
+            index=IndexParams(br.index, nprobe=br.nprobe, ef_search=br.ef_search),
         ))
     return recall, checkpoint, changes
 

@@ -233,3 +233,50 @@ def test_source_unpaired_needs_an_unpaired_list(noisy):
     check_source("split", dm)
     with pytest.raises(ValueError, match="source"):
         BackRetrieval(source="elsewhere")
+
+
+# ----- the candidate search through a FAISS index (back_retrieval.index) --------------------
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_index_choice_gives_the_exact_pairs_on_a_small_collection(kind):
+    from lightning_app.ann_index import IndexParams
+
+    # 5 items: ivf has one cell (all searched) and hnsw visits everything: exact here.
+    index = IndexParams(kind)
+    assert pairs(run(index=index)) == [(3, 1), (4, 3)]
+    assert pairs(run(rank_tolerance=2, index=index)) == [(3, 1), (1, 2), (4, 3)]
+
+
+def test_items_an_approximate_index_does_not_find_get_no_pair(monkeypatch):
+    import lightning_app.callbacks.cycle_pairs as cycle_pairs
+    from lightning_app.ann_index import IndexParams
+
+    real = cycle_pairs.search
+
+    def loses_video_3(queries, gallery, k, index, chunk_size):
+        scores, found = real(queries, gallery, k, IndexParams("exact"), chunk_size)
+        if queries is VIDEOS or len(queries) == 5:  # the videos' search: video 3 finds nothing
+            scores[3], found[3] = float("-inf"), -1
+        return scores, found
+
+    monkeypatch.setattr(cycle_pairs, "search", loses_video_3)
+    result = run(index=IndexParams("hnsw"))
+    assert pairs(result) == [(4, 3)] and result.cycle_consistent == 3
+
+
+def test_config_index_without_faiss_is_one_line(monkeypatch):
+    import importlib.util
+
+    from lightning_app.config import load_config
+    from lightning_app.errors import ConfigError
+
+    cfg = load_config("quickstart", ["back_retrieval.index=hnsw"])
+    assert cfg.back_retrieval.index == "hnsw"  # FAISS is installed in the test environment
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "faiss" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"back_retrieval.index.*pip install 'vmr\[faiss\]'"):
+        load_config("quickstart", ["back_retrieval.index=ivf"])
+    with pytest.raises(ConfigError, match="back_retrieval.index"):
+        load_config("quickstart", ["back_retrieval.index=annoy"])

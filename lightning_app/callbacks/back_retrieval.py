@@ -30,6 +30,7 @@ from pytorch_lightning.callbacks import Callback
 
 from datamodules.errors import DataError
 from datamodules.train_pairs import TrainPairs
+from lightning_app.ann_index import IndexParams
 from lightning_app.callbacks.cycle_pairs import (
     BackRetrieved,
     PoolPairs,
@@ -65,7 +66,7 @@ class BackRetrieval(Callback):
     def __init__(self, every_n_epochs: int = 1, start_epoch: int = 0, rank_tolerance: int = 1,
                  similarity_floor: float = 0.0, weight: float = 1.0,
                  max_new: int | None = None, batch_size: int = 1024, chunk_size: int = 4096,
-                 source: str = "split"):
+                 source: str = "split", index: IndexParams | None = None):
         for name, value, low in (("every_n_epochs", every_n_epochs, 1),
                                  ("start_epoch", start_epoch, 0),
                                  ("rank_tolerance", rank_tolerance, 1),
@@ -81,6 +82,8 @@ class BackRetrieval(Callback):
         if source not in SOURCES:
             raise ValueError(f"back_retrieval.source={source!r}: choose from {', '.join(SOURCES)}")
         self.source = source
+        # The candidate search: exact, or a FAISS index (back_retrieval.index).
+        self.index = index or IndexParams("exact")
         self.every_n_epochs, self.start_epoch = int(every_n_epochs), int(start_epoch)
         self.rank_tolerance, self.similarity_floor = int(rank_tolerance), float(similarity_floor)
         self.weight = float(weight)
@@ -129,7 +132,7 @@ class BackRetrieval(Callback):
                                (base.video_rows, base.music_rows),
                                rank_tolerance=self.rank_tolerance,
                                similarity_floor=self.similarity_floor, max_new=self.max_new,
-                               chunk_size=self.chunk_size)
+                               chunk_size=self.chunk_size, index=self.index)
         result = trainer.strategy.broadcast(result, src=0)  # rank 0 decides for everyone
         metrics = {"cycle_consistent": float(result.cycle_consistent),
                    "candidates": float(result.candidates),
@@ -170,7 +173,8 @@ class BackRetrieval(Callback):
         result = pool_back_retrieve(videos, songs, len(pool_ids["video"]),
                                     len(pool_ids["music"]), rank_tolerance=self.rank_tolerance,
                                     similarity_floor=self.similarity_floor,
-                                    max_new=self.max_new, chunk_size=self.chunk_size)
+                                    max_new=self.max_new, chunk_size=self.chunk_size,
+                                    index=self.index)
         result = trainer.strategy.broadcast(result, src=0)  # rank 0 decides for everyone
         n_v, n_m = len(pool_ids["video"]), len(pool_ids["music"])
         v_first, m_first = v_first.cpu().numpy(), m_first.cpu().numpy()

@@ -11,6 +11,10 @@ retrieves the item back (among its top `rank_tolerance`). Two sources of such it
   videos; the answers whose cycle closes are the candidates.
 
 Candidates at or above `similarity_floor` are kept, best score first, at most `max_new`.
+
+The candidate search is exact by default; `index` (back_retrieval.index) may make it a FAISS
+index (lightning_app/ann_index.py) for big collections. An approximate index may find no
+partner for an item (index -1): such an item gets no candidate.
 """
 
 from __future__ import annotations
@@ -20,8 +24,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from lightning_app.ann_index import IndexParams, search
 from lightning_app.retrieval import dedupe_by_key
-from lightning_app.search import topk_search
+
+EXACT = IndexParams("exact")
 
 
 @dataclass
@@ -36,7 +42,7 @@ class BackRetrieved:
 def back_retrieve(video: torch.Tensor, music: torch.Tensor, video_keys: torch.Tensor,
                   music_keys: torch.Tensor, existing: tuple[np.ndarray, np.ndarray], *,
                   rank_tolerance: int, similarity_floor: float, max_new: int | None,
-                  chunk_size: int = 4096) -> BackRetrieved:
+                  chunk_size: int = 4096, index: IndexParams = EXACT) -> BackRetrieved:
     """Cycle-consistent new pairs from train-row embeddings (video[n], music[n] = row n).
 
     Videos and songs are de-duplicated by key (first row represents them); `existing` is the
@@ -47,13 +53,12 @@ def back_retrieve(video: torch.Tensor, music: torch.Tensor, video_keys: torch.Te
     _, v_first, _ = dedupe_by_key(video_keys.to(device=device, dtype=torch.long))
     m_unique, m_first, _ = dedupe_by_key(music_keys.to(device=device, dtype=torch.long))
     videos, songs = video[v_first], music[m_first]
-    score, song = topk_search(videos, songs, 1, chunk_size=chunk_size)
-    score, song = score[:, 0], song[:, 0]
+    score, song, found = _top1(videos, songs, index, chunk_size)
     asked, slot = torch.unique(song, sorted=True, return_inverse=True)
     k = min(rank_tolerance, videos.shape[0])
-    _, back = topk_search(songs[asked], videos, k, chunk_size=chunk_size)  # [S, k] video idx
+    _, back = search(songs[asked], videos, k, index, chunk_size)  # [S, k] video idx
     mine = torch.arange(videos.shape[0], device=device)
-    cycle = (back[slot] == mine[:, None]).any(dim=1)
+    cycle = (back[slot] == mine[:, None]).any(dim=1) & found
     # Pairs by (video key, music key): keys are the dataset's id codes, so this compares ids.
     n_music = int(m_unique.numel())
     ex_v, ex_m = (torch.as_tensor(x, dtype=torch.long) for x in existing)
@@ -88,7 +93,8 @@ class PoolPairs:
 
 def pool_back_retrieve(videos: torch.Tensor, songs: torch.Tensor, pool_videos: int,
                        pool_songs: int, *, rank_tolerance: int, similarity_floor: float,
-                       max_new: int | None, chunk_size: int = 4096) -> PoolPairs:
+                       max_new: int | None, chunk_size: int = 4096,
+                       index: IndexParams = EXACT) -> PoolPairs:
     """New pairs for the unpaired items of `videos` [V, E] and `songs` [S, E].
 
     The first `pool_videos` rows of `videos` (first `pool_songs` of `songs`) are the unpaired
@@ -105,13 +111,12 @@ def pool_back_retrieve(videos: torch.Tensor, songs: torch.Tensor, pool_videos: i
         if n_pool == 0 or len(videos) == 0 or len(songs) == 0:
             continue
         query_all, other = (videos, songs) if side == "video" else (songs, videos)
-        score, top = topk_search(query_all[:n_pool], other, 1, chunk_size=chunk_size)
-        score, top = score[:, 0], top[:, 0]
+        score, top, hit = _top1(query_all[:n_pool], other, index, chunk_size)
         asked, slot = torch.unique(top, sorted=True, return_inverse=True)
         k = min(rank_tolerance, len(query_all))
-        _, back = topk_search(other[asked], query_all, k, chunk_size=chunk_size)
+        _, back = search(other[asked], query_all, k, index, chunk_size)
         mine = torch.arange(n_pool, device=back.device)
-        closes = (back[slot] == mine[:, None]).any(dim=1)
+        closes = (back[slot] == mine[:, None]).any(dim=1) & hit
         for q in torch.nonzero(closes).reshape(-1).tolist():
             pair = (q, int(top[q])) if side == "video" else (int(top[q]), q)
             if pair not in found:
@@ -126,3 +131,12 @@ def pool_back_retrieve(videos: torch.Tensor, songs: torch.Tensor, pool_videos: i
         music_index=np.array([m for _, _, m in kept], dtype=np.int64),
         scores=np.array([-s for s, _, _ in kept], dtype=np.float32),
         cycle_consistent=consistent, candidates=candidates)
+
+
+def _top1(queries: torch.Tensor, gallery: torch.Tensor, index: IndexParams,
+          chunk_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(best score, its gallery index, found) per query; not found: index 0, score -inf."""
+    score, top = search(queries, gallery, 1, index, chunk_size)
+    score, top = score[:, 0], top[:, 0]
+    found = top >= 0
+    return score.masked_fill(~found, float("-inf")), top.clamp(min=0), found

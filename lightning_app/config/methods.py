@@ -214,3 +214,8 @@ class BackRetrievalConfig:
     similarity_floor: float = 0.5
     weight: float = 0.5
     max_new: int = 100000
+    # Candidate search: exact, or a FAISS index for big collections (flat is exact; ivf and
+    # hnsw approximate; pip install 'vmr[faiss]'). nprobe 0: chosen from the size.
+    index: str = choice("exact", ("exact", "flat", "ivf", "hnsw"))
+    nprobe: int = 0
+    ef_search: int = 128

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from typing import Any
 
 from lightning_app.config.schema import Config
@@ -129,6 +130,11 @@ def validate(cfg: Config) -> None:
         ("back_retrieval.rank_tolerance", cfg.back_retrieval.rank_tolerance >= 1,
          "must be >= 1"),
         ("back_retrieval.weight", cfg.back_retrieval.weight >= 0, "must be >= 0"),
+        ("back_retrieval.nprobe", cfg.back_retrieval.nprobe >= 0, "must be >= 0"),
+        ("back_retrieval.ef_search", cfg.back_retrieval.ef_search >= 1, "must be >= 1"),
+        ("back_retrieval.index", cfg.back_retrieval.index == "exact"
+         or importlib.util.find_spec("faiss") is not None,
+         "needs FAISS, which is not installed: pip install 'vmr[faiss]' (or use exact)"),
     ]
     for key, ok, why in checks:
         if not ok:
