@@ -100,7 +100,7 @@ class PairDataset(Dataset):
 
     def _frames(self, modality: str, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         if self.cache is not None:
-            return self.cache.padded(modality, self.cache.index(idx))
+            return self.cache.padded(modality, idx)
         spec = self.split.modalities[modality]
         arr = self.split.arrays[modality]
         offsets, lengths = self.split.offsets[modality][idx], self.split.lengths[modality][idx]
