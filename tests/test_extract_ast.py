@@ -80,6 +80,38 @@ def test_extract_audio_cli_and_a_plain_model_folder(ast_dir, tmp_path, capsys):
     assert got.shape == (3, AST_DIM)  # centres 0, 2.5, 5 s
 
 
+def test_checkpoints_with_the_older_key_names_load_the_same(ast_dir, tmp_path):
+    """Published AST checkpoints predate transformers 5's `layers.N` names (`encoder.layer.N`)."""
+    from safetensors.torch import load_file
+
+    state = load_file(ast_dir / "model.safetensors")
+    old = tmp_path / "old"
+    old.mkdir()
+    shutil.copy(ast_dir / "config.json", old / "config.json")
+    torch.save({k.replace(".layers.", ".encoder.layer."): v for k, v in state.items()},
+               old / "pytorch_model.bin")
+    assert any(".encoder.layer." in k for k in torch.load(old / "pytorch_model.bin",
+                                                          weights_only=True))
+    x = np.random.default_rng(0).standard_normal((2, 1024, 128)).astype(np.float32)
+    np.testing.assert_array_equal(load_ast_encoder(old, device="cpu")(x),
+                                  load_ast_encoder(ast_dir, device="cpu")(x))
+
+
+@pytest.mark.slow
+def test_a_single_state_dict_file_gets_ast_base_sizes(tmp_path):
+    """No config.json: AST-base (768-d, 12 layers); the file wrapped under "state_dict"."""
+    from transformers import ASTConfig, ASTModel
+
+    torch.manual_seed(0)
+    reference = ASTModel(ASTConfig()).eval()
+    torch.save({"state_dict": reference.state_dict()}, tmp_path / "ast_base.pt")
+    x = torch.randn(1, 1024, 128)
+    ours = load_ast_encoder(tmp_path / "ast_base.pt", device="cpu")(x.numpy())
+    with torch.no_grad():
+        np.testing.assert_allclose(ours, reference(x).pooler_output.numpy(), atol=1e-5)
+    assert ours.shape == (1, 768)
+
+
 def test_weights_that_do_not_fit_give_one_line(ast_dir, tmp_path, capsys):
     bad = tmp_path / "bad"
     bad.mkdir()

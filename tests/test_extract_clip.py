@@ -76,3 +76,20 @@ def test_weights_that_do_not_fit_give_one_line(clip_dir, tmp_path):
         load_clip_encoder(path, device="cpu")
     with pytest.raises(DataError, match=r"nowhere: weights file or folder not found"):
         load_clip_encoder(tmp_path / "nowhere", device="cpu")
+
+
+@pytest.mark.slow
+def test_a_single_state_dict_file_gets_vit_b32_sizes(tmp_path):
+    """No config.json: ViT-B/32 (224 px, patch 32, 512-d), from a DDP-prefixed state dict."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(0)
+    reference = CLIPVisionModelWithProjection(CLIPVisionConfig()).eval()
+    torch.save({f"module.{k}": v for k, v in reference.state_dict().items()},
+               tmp_path / "vit_b32.pth")
+    encoder = load_clip_encoder(tmp_path / "vit_b32.pth", device="cpu")
+    frames = torch.randint(0, 256, (2, 3, 240, 320), dtype=torch.uint8)
+    assert (encoder.image_size, encoder.dim) == (224, 512)
+    with torch.no_grad():
+        expected = reference(pixel_values=encoder.pixel_values(frames)).image_embeds
+    np.testing.assert_allclose(encoder.encode(frames).numpy(), expected.numpy(), atol=1e-5)
