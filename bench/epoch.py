@@ -14,6 +14,10 @@ clamps its temperature there). The optimizer schedule is set to constant with no
 both sides: `configure_optimizers` needs a Trainer for the cosine schedule, and a LambdaLR
 step costs microseconds. Runs alternate (after one untimed warm-up epoch) and the fastest of
 each is kept.
+
+Per-step framework overhead (bench.step_overhead): a zero-cost model under Trainer.fit vs a
+bare loop over the same loader, with the split in host memory (data.cache=host) and
+memory-mapped (none), and a SimpleProfiler breakdown of the Lightning step.
 """
 
 from __future__ import annotations
@@ -176,6 +180,14 @@ def run(ctx) -> dict[str, Any]:
             fit_s=res["fit_s"], epoch_in_fit_s=res["epoch_in_fit_s"], bare_s=res["bare_s"],
             overhead=t_fit / t_bare - 1, steps=steps))
         details.append(res)
+    from bench.step_overhead import measure, overhead_row
+
+    device = torch.device(getattr(ctx, "device", "cpu"))
+    for cache in ("device", "none") if device.type == "cuda" else ("host", "none"):
+        log(f"epoch: per-step overhead, zero-cost model, data.cache={cache}")
+        res = measure(ctx.tmp / "zero_cost", ctx.quick, device, cache)
+        rows.append(overhead_row(GROUP, res))
+        details.append({k: v for k, v in res.items() if k != "place"})
     return {"rows": rows, "details": details,
             "notes": ["epoch ratio = bare-loop time / Lightning time: below 1 means Lightning "
                       "is slower; overhead = 1/ratio - 1."]}

@@ -66,6 +66,10 @@ def markdown(results: dict[str, Any]) -> str:
         notes.append(f"- {name}: measured {group['measured_at']} in {group['seconds']:.0f} s"
                      + (" (an earlier `--only` run than the rest)"
                         if group.get("run_id") != results["run_id"] else ""))
+    if "gpu" not in results["groups"]:
+        lines += ["", "GPU numbers: not measured yet (no GPU lent); `make bench ARGS=\"--gpu\"` "
+                  "on a CUDA machine adds the gpu group and device-memory rows, `make gpu-check` "
+                  "the GPU tests."]
     lines += ["", "Correctness checks (ours against the reference, same inputs):", "", *checks,
               "", "Notes:", "", *notes, ""]
     return "\n".join(lines)

@@ -9,6 +9,9 @@ same run with the same thread count):
     epoch      one VM-NET / II-CLVM epoch under Lightning vs a bare PyTorch loop
     extract    audio (vmnet, logmel) and video (ResNet-50, Inception-v3 + PCA) extraction
                from 30-s mp4 clips vs real time, and workers=2 vs workers=0
+    gpu        only with --gpu: metrics at N=100k vs the GPU matmul floor, training steps/s
+               per model from device memory vs the memory-mapped loader, top-k vs faiss GPU;
+               --gpu also adds device-memory rows to `loading` (--device cpu: a dry run)
 
 Options: --quick (small sizes, for the smoke test), --only NAME (repeatable; the other
 groups of an existing results.json of the same mode and thread count are kept), --out DIR
@@ -37,6 +40,7 @@ from bench.common import (
 )
 
 GROUPS = ("retrieval", "topk", "loading", "epoch", "extract")
+GPU_GROUPS = ("gpu",)  # run only with --gpu
 HERE = Path(__file__).resolve().parent
 
 
@@ -45,8 +49,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
                    help="small sizes (about a minute; used by tests/test_bench_smoke.py)")
-    p.add_argument("--only", action="append", choices=GROUPS, metavar="NAME",
-                   help=f"run only this group (repeatable): {', '.join(GROUPS)}")
+    p.add_argument("--only", action="append", choices=GROUPS + GPU_GROUPS, metavar="NAME",
+                   help=f"run only this group (repeatable): {', '.join(GROUPS + GPU_GROUPS)}")
+    p.add_argument("--gpu", action="store_true",
+                   help="add the gpu group and device rows (needs CUDA unless --device cpu)")
+    p.add_argument("--device", default="cuda",
+                   help="the device of --gpu (default cuda; cpu: a dry run at small sizes)")
     p.add_argument("--out", type=Path, default=HERE,
                    help="folder for results.json and results.md (default: bench/)")
     p.add_argument("--threads", type=int, default=default_threads(),
@@ -54,6 +62,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.threads < 1:
         p.error("--threads must be >= 1")
+    if args.only and "gpu" in args.only:
+        args.gpu = True
     return args
 
 
@@ -70,6 +80,11 @@ def _previous(out: Path, quick: bool, threads: int) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.gpu and args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            sys.exit("bench --gpu: no CUDA device (--device cpu runs a dry run)")
     start = time.perf_counter()
     run_id = uuid.uuid4().hex[:12]
     set_threads(args.threads)
@@ -82,10 +97,11 @@ def main(argv: list[str] | None = None) -> dict:
     info = machine(args.threads)
     log(f"{args.threads} threads; calibrating matmul and copy rates")
     calibration = calibrate(args.quick)
-    selected = args.only or list(GROUPS)
+    selected = args.only or list(GROUPS) + (list(GPU_GROUPS) if args.gpu else [])
     groups = _previous(args.out, args.quick, args.threads) if args.only else {}
     with tempfile.TemporaryDirectory(prefix="vmr-bench-") as tmp:
         ctx = Context(args.threads, args.quick, calibration, info, Path(tmp))
+        ctx.device = args.device if args.gpu else "cpu"  # read by loading, epoch and gpu
         for k, name in enumerate(selected):
             if k:  # re-measure before each group; notes use the best rate seen in the run
                 ctx.calibration = best_calibration(ctx.calibration, calibrate(args.quick))
@@ -106,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
         "calibration": ctx.calibration,
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
         "runtime_s": time.perf_counter() - start,
-        "groups": {g: groups[g] for g in GROUPS if g in groups},
+        "groups": {g: groups[g] for g in GROUPS + GPU_GROUPS if g in groups},
     }
     from bench.report import write
 
