@@ -46,7 +46,7 @@ def test_shards_together_equal_one_run_and_merge(music, tmp_path, capsys):
     assert len(one) == len(NAMES) and _files(out) == one  # same names, byte-identical
     capsys.readouterr()
     assert main(["extract-merge", str(out)]) == 0
-    assert "audio logmel: 5 done, 0 skipped (output exists), 0 failed over 3 shards" \
+    assert "audio logmel: 5 done, 0 skipped (output exists), 0 failed, 0 not media over 3 shards" \
         in capsys.readouterr().out
     merged = json.loads((out / "extract-audio-report.json").read_text())
     assert merged["done"] == sorted(NAMES) and merged["shards"] == 3
@@ -81,6 +81,9 @@ def test_clip_video_shards_equal_one_run(tmp_path, capsys):
     src.mkdir()
     for i, color in enumerate(("red", "green", "blue", "white")):
         make_video(src / f"v{i}.mp4", seconds=1.0 + i % 2, size=(48, 32), color=color)
+    # A song and a text file are not media for video extraction: listed, never "failed".
+    make_audio(src / "song.wav", seconds=0.5, tone_hz=300)
+    (src / "notes.txt").write_text("not media")
     clip = save_tiny_clip(tmp_path / "clip")
     args = ["extract", "video", "--input", str(src), "--backbone", "clip_vit_b32",
             "--weights", str(clip), "--workers", "0", "--device", "cpu"]
@@ -89,6 +92,13 @@ def test_clip_video_shards_equal_one_run(tmp_path, capsys):
         assert main([*args, "--out", str(tmp_path / "two"), "--shard", f"{k}/2"]) == 0
     one = _files(tmp_path / "one")
     assert len(one) == 4 and _files(tmp_path / "two") == one
+    assert main(["extract-merge", str(tmp_path / "two")]) == 0
+    merged = json.loads((tmp_path / "two" / "extract-video-report.json").read_text())
+    single = json.loads((tmp_path / "one" / "extract-video-report.json").read_text())
+    assert merged["failed"] == single["failed"] == []
+    listed = sorted(Path(f["file"]).name for f in merged["not_media"])
+    assert listed == sorted(Path(f["file"]).name for f in single["not_media"])
+    assert listed == ["notes.txt", "song.wav"]
 
 
 def test_sharded_video_needs_one_projection_for_all_shards(music, tmp_path, capsys):

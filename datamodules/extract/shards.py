@@ -31,7 +31,7 @@ import torch
 
 from datamodules.atomic import write_json
 from datamodules.errors import DataError
-from datamodules.extract.jobs import JobSummary, Task, list_media, plan_tasks, run_jobs
+from datamodules.extract.jobs import JobSummary, Task, media_id, plan_tasks, run_jobs, scan_media
 from datamodules.extract.specs import AudioSpec, VideoSpec, file_sha256
 
 _SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
@@ -73,19 +73,26 @@ def parse_shard(text: str) -> Shard:
     return Shard(k, n)
 
 
-def _shard_tasks(source: Path, out: Path, shard: Shard):
-    # Ids are checked for clashes over the whole folder, not only this shard's part, so
-    # every shard refuses a folder that one unsharded run would refuse.
-    return shard.select(plan_tasks(list_media(source), out))
+def _shard_tasks(source: Path, out: Path, shard: Shard, need: str | None = None):
+    """This shard's tasks and the files it lists as not media (each listed by one shard).
+
+    Ids are checked for clashes over the whole folder, not only this shard's part, so
+    every shard refuses a folder that one unsharded run would refuse.
+    """
+    scan = scan_media(source, need)
+    not_media = [(f, reason) for f, reason in scan.not_media if shard.owns(media_id(Path(f)))]
+    return shard.select(plan_tasks(scan.files, out)), not_media
 
 
 def extract_audio_shard(source: Path, out: Path, spec: AudioSpec, shard: Shard,
                         workers: int = 0, device: torch.device | None = None,
                         progress: bool = True) -> JobSummary:
-    tasks = _shard_tasks(source, out, shard)
-    return run_jobs(tasks, spec.prepare(), spec.finish(device) if tasks else None,
-                    workers=workers, what=f"audio {spec.features} (shard {shard})",
-                    progress=progress)
+    tasks, not_media = _shard_tasks(source, out, shard)
+    summary = run_jobs(tasks, spec.prepare(), spec.finish(device) if tasks else None,
+                       workers=workers, what=f"audio {spec.features} (shard {shard})",
+                       progress=progress)
+    summary.not_media = not_media
+    return summary
 
 
 def extract_video_shard(source: Path, out: Path, spec: VideoSpec, pca_dim: int, shard: Shard,
@@ -95,7 +102,7 @@ def extract_video_shard(source: Path, out: Path, spec: VideoSpec, pca_dim: int, 
         raise DataError(f"--shard {shard}: every shard must project with the same PCA: give "
                         "one with --pca FILE (fit it first, e.g. on one unsharded sample), "
                         "or keep the raw features with --pca-dim 0")
-    tasks = _shard_tasks(source, out, shard)
+    tasks, not_media = _shard_tasks(source, out, shard, need="video")
     encoder = spec.load_encoder(device)  # also checks the weights before anything is written
     spec = dataclasses.replace(spec, weights=str(Path(spec.weights).resolve()),
                                weights_sha256=encoder.weights_sha256)
@@ -103,8 +110,10 @@ def extract_video_shard(source: Path, out: Path, spec: VideoSpec, pca_dim: int, 
         spec = dataclasses.replace(spec, pca=str(Path(spec.pca).resolve()),
                                    pca_sha256=file_sha256(spec.pca, "PCA"))
     encode, project = spec.encoder(loaded=encoder), spec.project(codes=codes)
-    return run_jobs(tasks, spec.prepare(), lambda frames: project(encode(frames)), workers,
-                    what=f"video {spec.backbone} (shard {shard})", progress=progress)
+    summary = run_jobs(tasks, spec.prepare(), lambda frames: project(encode(frames)), workers,
+                       what=f"video {spec.backbone} (shard {shard})", progress=progress)
+    summary.not_media = not_media
+    return summary
 
 
 def merge_reports(out: Path) -> dict[str, dict[str, Any]]:
@@ -142,14 +151,17 @@ def _merge(modality: str, count: int, reports: list[dict]) -> dict[str, Any]:
     done = sorted({i for r in reports for i in r.get("done", [])})
     skipped = sorted({i for r in reports for i in r.get("skipped", [])} - set(done))
     failed = [f for r in reports for f in r.get("failed", [])]
+    not_media = [f for r in reports for f in r.get("not_media", [])]
     seconds = [float(r.get("seconds", 0.0)) for r in reports]
     what = reports[0].get("what", modality).split(" (shard")[0]
     return {"what": what, "shards": count, "done": done, "skipped": skipped, "failed": failed,
-            "seconds": round(sum(seconds), 3), "slowest_shard_seconds": round(max(seconds), 3)}
+            "not_media": not_media, "seconds": round(sum(seconds), 3),
+            "slowest_shard_seconds": round(max(seconds), 3)}
 
 
 def merged_line(summary: dict[str, Any]) -> str:
     return (f"{summary['what']}: {len(summary['done'])} done, {len(summary['skipped'])} "
-            f"skipped (output exists), {len(summary['failed'])} failed over "
+            f"skipped (output exists), {len(summary['failed'])} failed, "
+            f"{len(summary.get('not_media', []))} not media over "
             f"{summary['shards']} shards ({summary['seconds']:.1f} s in all, slowest shard "
             f"{summary['slowest_shard_seconds']:.1f} s)")
