@@ -153,7 +153,6 @@ def _synthetic_format_checks(cfg: Config) -> list[tuple[str, bool, str]]:
          f"must be 0 for data.dataset={d.dataset} (only the mvd layout has an unpaired pool)"),
         ("data.synthetic.min_frames", d.dataset != "youtube8m" or syn.min_frames == 0,
          "must be 0 for data.dataset=youtube8m (its writer draws its own video lengths)"),
-    ]
         # MGSV-EC's shapes are the release's (50 frames, 96 windows; 6-50 valid frames).
         ("data.synthetic.min_frames", d.dataset != "mgsv_ec" or syn.min_frames == 0,
          "must be 0 for data.dataset=mgsv_ec (its writer draws 6-50 valid frames per video)"),
@@ -161,6 +160,7 @@ def _synthetic_format_checks(cfg: Config) -> list[tuple[str, bool, str]]:
          "must be 0 for data.dataset=mgsv_ec (its val/test tracks are training tracks)"),
         ("data.synthetic.shared_songs", d.dataset != "mgsv_ec" or syn.shared_songs is None
          or syn.shared_songs > 0, "must be > 0 for data.dataset=mgsv_ec (videos share tracks)"),
+    ]
 
 
 def _is_batch_limit(x: Any) -> bool:
