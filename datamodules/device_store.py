@@ -57,15 +57,47 @@ class DeviceSplit:
             return indices.to(device=self.device, dtype=torch.int64)
         return torch.as_tensor(np.asarray(indices, dtype=np.int64)).to(self.device)
 
-    def _dequantised(self, modality: str, codes: torch.Tensor) -> torch.Tensor:
-        x = codes.to(torch.float32)  # `codes` is a fresh gather: in-place work below is safe
+    def _batch(self, modality: str, rows: torch.Tensor, mask: torch.Tensor | None
+               ) -> torch.Tensor:
+        """float32 [*rows.shape, D]: the stored frames at `rows`, dequantised, with +0.0 where
+        `mask` is False (the padding the NumPy path leaves)."""
+        if self.device.type == "cpu":
+            return self._host_batch(modality, rows, mask)
+        arr = self.arrays[modality]
+        shape = (*rows.shape, self.dims[modality])
+        if arr.shape[0] == 0:  # e.g. the pool's song split has no video frames
+            return torch.zeros(shape, device=self.device)
+        x = arr.index_select(0, rows.reshape(-1)).reshape(shape).to(torch.float32)
         spec = self.dequantize[modality]
         if spec is not None:
-            # Two float32 roundings, as NumPy does `x * float32(scale) + float32(offset)`;
-            # in place on the fresh float32 copy (uint8 or float16 codes).
+            # Two float32 roundings, as NumPy's `x * float32(scale) + float32(offset)`; in
+            # place on the fresh float32 copy.
             scale, offset = self._scalars(modality, spec)
             x.mul_(scale).add_(offset)
+        if mask is not None:
+            x.masked_fill_(~mask[..., None], 0.0)  # one kernel, no host synchronisation
         return x
+
+    def _host_batch(self, modality: str, rows: torch.Tensor, mask: torch.Tensor | None
+                    ) -> torch.Tensor:
+        """`_batch` in host memory, in NumPy: row copies cast into a fresh float32 array and
+        dequantised in place (single-threaded; torch's uint8 index_select and casts were
+        several times slower here, and its threads contend on a shared machine)."""
+        arr = self.arrays[modality].numpy()
+        out = np.empty((*rows.shape, self.dims[modality]), dtype=np.float32)
+        if arr.shape[0] == 0:
+            out[...] = 0.0
+            return torch.from_numpy(out)
+        out.reshape(-1, arr.shape[1])[...] = arr[rows.reshape(-1).numpy()]
+        spec = self.dequantize[modality]
+        if spec is not None:
+            out *= np.float32(spec[0])
+            out += np.float32(spec[1])
+        if mask is not None:
+            pad = ~mask.numpy()
+            if pad.any():
+                out[pad] = 0.0
+        return torch.from_numpy(out)
 
     def _scalars(self, modality: str, spec: tuple[float, float]
                  ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,17 +106,6 @@ class DeviceSplit:
             cached = tuple(torch.tensor(np.float32(v), device=self.device) for v in spec)
             self._dequantize_tensors[modality] = cached
         return cached
-
-    def _gather(self, modality: str, rows: torch.Tensor) -> torch.Tensor:
-        """Stored frames at flat `rows` (any shape) -> [*rows.shape, D] in the stored dtype."""
-        arr = self.arrays[modality]
-        flat = rows.reshape(-1)
-        if arr.shape[0] == 0:  # e.g. the pool's song split has no video frames
-            return arr.new_zeros((*rows.shape, self.dims[modality]))
-        if self.device.type == "cpu":  # NumPy copies whole rows (memcpy): ~10x index_select
-            return torch.from_numpy(arr.numpy()[flat.numpy()]).reshape(
-                *rows.shape, self.dims[modality])
-        return arr.index_select(0, flat).reshape(*rows.shape, self.dims[modality])
 
     def padded(self, modality: str, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Every frame of each item, zero-padded to the longest: float32 [B, T, D], mask [B, T]
@@ -96,7 +117,7 @@ class DeviceSplit:
         steps = torch.arange(longest, device=self.device)
         mask = steps[None, :] < lengths[:, None]
         rows = torch.where(mask, offsets[:, None] + steps[None, :], 0)
-        return _zero_padding(self._dequantised(modality, self._gather(modality, rows)), mask), mask
+        return self._batch(modality, rows, mask), mask
 
     def sparse(self, modality: str, idx: torch.Tensor, frames: int,
                uniform: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -110,12 +131,11 @@ class DeviceSplit:
         u = None if uniform is None else torch.from_numpy(uniform).to(self.device)
         rel, mask = global_sparse_torch(lengths, frames, u)
         rows = torch.where(mask, offsets[:, None] + rel, 0)
-        x = self._dequantised(modality, self._gather(modality, rows))
-        return _zero_padding(x, mask), mask, rows
+        return self._batch(modality, rows, mask), mask, rows
 
     def vectors(self, modality: str, idx: torch.Tensor) -> torch.Tensor:
         """The single frame of each item: float32 [B, D]."""
-        return self._dequantised(modality, self._gather(modality, self.offsets[modality][idx]))
+        return self._batch(modality, self.offsets[modality][idx], None)
 
     def salient_at(self, rows: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Whether each sampled stored video frame is salient (False on masked slots)."""
@@ -147,16 +167,6 @@ def global_sparse_torch(lengths: torch.Tensor, n: int, uniform: torch.Tensor | N
     idx = torch.where(short, dense, sparse)
     mask = torch.where(short, dense < L, True)
     return torch.where(mask, idx, 0), mask
-
-
-def _zero_padding(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """x (a fresh float32 batch) with the masked-out slots set to +0.0, in place: the
-    padding the NumPy path leaves."""
-    if x.device.type == "cpu":  # only the padded rows (few or none): no pass over the batch
-        if not bool(mask.all()):
-            x[~mask] = 0.0
-        return x
-    return x.masked_fill_(~mask[..., None], 0.0)  # one kernel, no host synchronisation
 
 
 def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
