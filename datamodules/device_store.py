@@ -2,15 +2,19 @@
 
 `DeviceSplit` keeps one split's frame arrays as torch tensors in the store's dtype (uint8
 codes, float16, float32), with per-item offsets and lengths, on a torch device: the GPU
-(`data.cache=device`) or host RAM (`data.cache=host`). A batch is then one `index_select` per
-modality, Global-Sparse sampled and dequantised where the data lives; nothing goes through
-a worker process or a host-to-device copy of frames.
+(`data.cache=device`) or host RAM (`data.cache=host`). A batch is then one row gather per
+modality (torch kernels on a GPU, NumPy on the host), Global-Sparse sampled and dequantised
+where the data lives; nothing goes through a worker process or a host-to-device copy of
+frames. The arrays are read in on the first batch, in chunks, so a split that fits the device
+need not fit the host's RAM twice.
 
 Batches are bit-identical to the memory-mapped NumPy path (datamodules.pairs,
 datamodules.sampling): the gathers copy the same stored values, casting to float32 is exact,
 dequantisation is the same two float32 roundings (x * scale, then + offset), and training
 samples frames from the same uniform draws (NumPy's generator, drawn on the host as before:
-a [B, frames] float64 array per modality), so a seed and a resumed run give the same frames.
+a [B, frames] float64 array per modality), so a seed and a resumed run give the same frames
+as the memory-mapped path with `data.num_workers=0` (with workers, that path draws from each
+worker's own stream).
 """
 
 from __future__ import annotations
@@ -169,10 +173,16 @@ def global_sparse_torch(lengths: torch.Tensor, n: int, uniform: torch.Tensor | N
     return torch.where(mask, idx, 0), mask
 
 
-def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    """A stored array (often a read-only memmap) as a tensor in memory on `device`."""
-    host = torch.from_numpy(np.array(array, copy=True))  # reads the whole array once
-    return host if device.type == "cpu" else host.to(device)
+def _to_device(array: np.ndarray, device: torch.device, chunk_bytes: int = 1 << 28
+               ) -> torch.Tensor:
+    """A stored array (often a read-only memmap) as a tensor in memory on `device`, read in
+    chunks of about `chunk_bytes` (the device copy never needs a host copy of the whole)."""
+    out = torch.empty(array.shape, dtype=torch.from_numpy(array[:0]).dtype, device=device)
+    rows = max(1, chunk_bytes // max(1, array[:1].nbytes))
+    for start in range(0, array.shape[0], rows):
+        part = torch.from_numpy(np.array(array[start:start + rows], copy=True))
+        out[start:start + rows].copy_(part)
+    return out
 
 
 def split_nbytes(split: StoreSplit) -> int:
