@@ -74,7 +74,7 @@ test-slow: $(BENCH_STAMP) system-deps real-media ## Only the slow tests: multi-p
 test-full: $(BENCH_STAMP) system-deps real-media ## Full test suite, including slow end-to-end and multi-process tests
 	$(BIN)/python -m pytest -q -m "not gpu"
 
-gpu-check: $(STAMP) ## The tests marked gpu on the CUDA device (~5 min): metrics, bf16 steps, extraction, retrieve, NCCL DDP
+gpu-check: $(STAMP) ## The tests marked gpu on the CUDA device (meant to take under 8 min; not yet run on a GPU): metrics, bf16 steps, extraction, retrieve, NCCL DDP
 	@$(BIN)/python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device')"
 	@$(MAKE) --no-print-directory $(BENCH_STAMP) system-deps
 	$(BIN)/python -m pytest -q -m gpu tests/test_gpu.py
