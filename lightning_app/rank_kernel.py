@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import torch
 
+from lightning_app.cpu_gemm import scores_t
+
 TILE_ROWS = 512
 TILE_COLS = 4096
 _UNIT = 2.0**-24  # float32 unit roundoff
@@ -56,7 +58,7 @@ def ranks_from_pairs(query: torch.Tensor, gallery: torch.Tensor, rows: torch.Ten
 
 def _dense_ranks(q: torch.Tensor, gal: torch.Tensor, pr: torch.Tensor,
                  pc: torch.Tensor) -> torch.Tensor:
-    scores = q @ gal.T  # [c, G] float32
+    scores = scores_t(q, gal)  # [c, G] float32
     pos = scores[pr, pc]
     best = torch.full((q.shape[0],), float("-inf"), device=q.device)
     best.scatter_reduce_(0, pr, pos, reduce="amax")
@@ -93,12 +95,11 @@ def _tiled_ranks(q: torch.Tensor, gal: torch.Tensor, pr: torch.Tensor,
     rows, num_gallery = q.shape[0], gal.shape[0]
     low, high = _band(q, gal, pr, pc)
     above = torch.zeros(rows, dtype=torch.int32)
-    tile = torch.empty((rows, TILE_COLS), dtype=torch.float32)
     band_row, band_col, band_val = [], [], []
     for g0 in range(0, num_gallery, TILE_COLS):
         width = min(TILE_COLS, num_gallery - g0)
         block = gal[g0 : g0 + width]
-        scores = torch.mm(q, block.T, out=tile) if width == TILE_COLS else q @ block.T
+        scores = scores_t(q, block)
         over = scores > high
         n_over = over.sum(dim=1, dtype=torch.int32)
         above += n_over

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import torch
 
+from lightning_app.cpu_gemm import scores_t
+
 TILE_ROWS = 512
 TILE_COLS = 4096
 GROUP = 16
@@ -72,7 +74,7 @@ def _mask_excluded(scores: torch.Tensor, ex: torch.Tensor | None, offset: int) -
 
 def _dense_chunk(q: torch.Tensor, gal: torch.Tensor, k: int,
                  ex: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    scores = q @ gal.T  # [c, G]
+    scores = scores_t(q, gal)  # [c, G]
     _mask_excluded(scores, ex, 0)
     return _select(scores, None, k)
 
@@ -80,14 +82,12 @@ def _dense_chunk(q: torch.Tensor, gal: torch.Tensor, k: int,
 def _tiled_chunk(q: torch.Tensor, gal: torch.Tensor, k: int,
                  ex: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     rows, num_gallery = q.shape[0], gal.shape[0]
-    tile = torch.empty((rows, TILE_COLS), dtype=torch.float32)
     kept = _Kept(rows, k)
     theta = None  # [rows, 1]: k groups seen so far have a maximum >= theta
     for g0 in range(0, num_gallery, TILE_COLS):
         width = min(TILE_COLS, num_gallery - g0)
         block = gal[g0 : g0 + width]
-        # The last tile is narrower: its own product, grouped the same way.
-        scores = torch.mm(q, block.T, out=tile) if width == TILE_COLS else q @ block.T
+        scores = scores_t(q, block)  # the last tile may be narrower: grouped the same way
         _mask_excluded(scores, ex, g0)
         span = width // GROUP
         members = scores[:, : GROUP * span].view(rows, GROUP, span)
