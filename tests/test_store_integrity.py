@@ -72,6 +72,18 @@ def test_verify_passes_a_whole_store(packed, capsys):
     assert out == [f"{packed / 'store'}: store verified (9 files match their SHA-256)"]
 
 
+def test_verify_takes_the_store_alone_and_prepare_names_a_missing_flag(packed, capsys):
+    assert main(["prepare", "--verify", "--out", str(packed / "store")]) == 0
+    out, err = _lines(capsys)
+    assert err == [] and out[0].endswith("store verified (9 files match their SHA-256)")
+    assert main(["prepare", "--src", str(packed)]) == 2
+    assert _lines(capsys)[1] == ["vmr: error: vmr prepare: --dataset is required (only "
+                                 "--verify works without)"]
+    assert main(["prepare", "--verify"]) == 2
+    assert _lines(capsys)[1] == ["vmr: error: vmr prepare --verify: give the store (--out "
+                                 "STORE) or the dataset folder whose store it is (--src DIR)"]
+
+
 def test_verify_reports_each_bad_file_in_one_line(packed, capsys):
     store = packed / "store"
     _truncate(store / "val" / "video.npy", 1000)
