@@ -18,14 +18,20 @@ import dataclasses
 import math
 import multiprocessing
 import os
-import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
+
+# The machine description lives in bench/machine.py; re-exported for the groups and run.py.
+from bench.machine import (  # noqa: F401
+    default_threads,
+    describe_machine,
+    machine,
+    thread_pools,
+)
 
 MiB = 2**20
 GiB = 2**30
@@ -37,13 +43,6 @@ RATIO_MEMORY = "reference peak / ours peak (> 1: ours uses less)"
 
 
 # ----------------------------------------------------------------------------- threads
-
-
-def default_threads() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 def set_threads(n: int) -> None:
@@ -66,23 +65,6 @@ def set_threads(n: int) -> None:
         faiss.omp_set_num_threads(n)
     except ImportError:
         pass
-
-
-def thread_pools() -> list[dict[str, Any]]:
-    """The BLAS/OpenMP pools loaded in this process and their thread counts (threadpoolctl)."""
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:  # pragma: no cover
-        return []
-    keep = ("internal_api", "num_threads", "architecture", "version", "filepath")
-    pools = []
-    for info in threadpool_info():
-        row = {k: info.get(k) for k in keep if info.get(k) is not None}
-        path = str(row.get("filepath", ""))
-        row["filepath"] = os.path.join(os.path.basename(os.path.dirname(path)),
-                                       os.path.basename(path))
-        pools.append(row)
-    return pools
 
 
 # ----------------------------------------------------------------------------- timing
@@ -190,87 +172,6 @@ def measure_peak(fn: Callable[[], Any]) -> tuple[Any, dict[str, Any]]:
         delta = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - high) * 1024
         method = "ru_maxrss increase (lower bound: earlier high-water mark not reset)"
     return result, {"peak_delta_bytes": max(0, int(delta)), "method": method, "exact": exact}
-
-
-# ----------------------------------------------------------------------------- machine
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:  # pragma: no cover
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _mem_total() -> int | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:  # pragma: no cover
-        pass
-    return None
-
-
-def _cpu_flags() -> list[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = line.split(":", 1)[1].split()
-                    return sorted(f for f in flags if f in ("avx2", "avx512f", "fma", "amx_tile"))
-    except OSError:  # pragma: no cover
-        pass
-    return []
-
-
-def _version(module: str) -> str | None:
-    try:
-        mod = __import__(module)
-    except ImportError:
-        return None
-    return getattr(mod, "__version__", "?")
-
-
-def machine(threads: int) -> dict[str, Any]:
-    mem = _mem_total()
-    try:
-        load = [round(x, 2) for x in os.getloadavg()]
-    except OSError:  # pragma: no cover
-        load = None
-    return {
-        "cpu": _cpu_model(),
-        "cpu_flags": _cpu_flags(),
-        "logical_cpus": os.cpu_count(),
-        "cpus_available": default_threads(),
-        "memory_gib": round(mem / GiB, 1) if mem else None,
-        "load_average_at_start": load,
-        "os": f"{platform.system()} {platform.release()}",
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "faiss": _version("faiss"),
-        "torchmetrics": _version("torchmetrics"),
-        "pytorch_lightning": _version("pytorch_lightning"),
-        "threads": threads,
-        "torch_threads": torch.get_num_threads(),
-        "thread_pools": thread_pools(),
-    }
-
-
-def describe_machine(m: dict[str, Any]) -> str:
-    flags = "/".join(m.get("cpu_flags") or []) or "?"
-    load = m.get("load_average_at_start")
-    return (f"{m['cpu']} ({flags}), {m['cpus_available']} of {m['logical_cpus']} logical CPUs "
-            f"available, {m['memory_gib']} GiB RAM, {m['os']}; load average at start "
-            f"{load}; Python {m['python']}, torch {m['torch']}, NumPy {m['numpy']}, "
-            f"faiss {m['faiss']}, torchmetrics {m['torchmetrics']}, "
-            f"pytorch-lightning {m['pytorch_lightning']}; {m['threads']} threads everywhere")
 
 
 # ----------------------------------------------------------------------------- rows

@@ -5,6 +5,7 @@ same run with the same thread count):
 
     retrieval  Recall@K / ranks at N = 2k, 10k, 50k vs a brute-force argsort and torchmetrics
     topk       top-10 search, 100k x 100k (d = 128) vs faiss IndexFlatIP
+    ann        FAISS IVF / HNSW over 1M synthetic items: queries/s and recall@10 vs exact
     loading    YouTube-8M feature store vs reading the source TFRecords
     epoch      one VM-NET / II-CLVM epoch under Lightning vs a bare PyTorch loop
     extract    audio (vmnet, logmel) and video (ResNet-50, Inception-v3 + PCA) extraction
@@ -39,7 +40,7 @@ from bench.common import (
     set_threads,
 )
 
-GROUPS = ("retrieval", "topk", "loading", "epoch", "extract")
+GROUPS = ("retrieval", "topk", "ann", "loading", "epoch", "extract")
 GPU_GROUPS = ("gpu",)  # run only with --gpu
 HERE = Path(__file__).resolve().parent
 
@@ -91,8 +92,8 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         import faiss  # noqa: F401  (so its BLAS/OpenMP pools show in the machine description)
     except ImportError:
-        if args.only is None or "topk" in args.only:
-            sys.exit("bench: the topk group needs faiss-cpu (pip install -e '.[bench]')")
+        if args.only is None or {"topk", "ann"} & set(args.only):
+            sys.exit("bench: the topk and ann groups need faiss-cpu (pip install -e '.[bench]')")
     set_threads(args.threads)
     info = machine(args.threads)
     log(f"{args.threads} threads; calibrating matmul and copy rates")

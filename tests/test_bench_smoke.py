@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-GROUPS = ("retrieval", "topk", "loading", "epoch", "extract")
+GROUPS = ("retrieval", "topk", "ann", "loading", "epoch", "extract")
 
 
 @pytest.mark.slow
