@@ -48,7 +48,7 @@ class IndexParams:
     nlist: int = 0  # ivf: k-means cells (0: about sqrt(N), at most N / 39)
     nprobe: int = 0  # ivf: cells searched per query (0: nlist / 64, at least 8)
     m: int = 32  # hnsw: links per item
-    ef_construction: int = 80  # hnsw: candidates kept while building
+    ef_construction: int = 100  # hnsw: candidates kept while building
     ef_search: int = 128  # hnsw: candidates kept while searching
 
     def __post_init__(self) -> None:
