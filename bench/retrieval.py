@@ -42,7 +42,7 @@ from bench.common import (
 from bench.retrieval_refs import case_reference, case_torchmetrics, reference_notes
 
 GROUP = "retrieval"
-TILE_NOTE = ("lightning_app/rank_kernel.py tiles of 512 queries x 4096 items, through oneDNN "
+TILE_NOTE = ("lightning_app/rank_kernel.py tiles of 256 queries x 4096 items, through oneDNN "
              "(lightning_app/cpu_gemm.py)")
 DIM = 512
 CHUNK = 4096  # eval.chunk_size's default

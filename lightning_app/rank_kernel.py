@@ -24,7 +24,7 @@ import torch
 
 from lightning_app.cpu_gemm import scores_t
 
-TILE_ROWS = 512
+TILE_ROWS = 256
 TILE_COLS = 4096
 _UNIT = 2.0**-24  # float32 unit roundoff
 
@@ -63,10 +63,24 @@ def _dense_ranks(q: torch.Tensor, gal: torch.Tensor, pr: torch.Tensor,
     best = torch.full((q.shape[0],), float("-inf"), device=q.device)
     best.scatter_reduce_(0, pr, pos, reduce="amax")
     # Every item at or above the best positive, minus the positives there (those equal to it).
-    above = (scores >= best[:, None]).sum(dim=1, dtype=torch.int32)
+    above = count_true(scores >= best[:, None])
     tied_pos = torch.zeros(q.shape[0], dtype=torch.int32, device=q.device)
     tied_pos.scatter_add_(0, pr, (pos == best[pr]).to(torch.int32))
     return 1 + (above - tied_pos).long()
+
+
+def count_true(mask: torch.Tensor) -> torch.Tensor:
+    """int32 [rows]: True entries per row of a bool [rows, w] tensor.
+
+    Summed as uint8 in column blocks (at most 255 per block, so no overflow) and only the
+    [rows, 128] partial sums widened: `mask.sum(dtype=torch.int32)` first copies the whole
+    mask to int32, which costs more than the comparison that made it.
+    """
+    rows, width = mask.shape
+    if width % 128 or width // 128 > 255 or not mask.is_contiguous():
+        return mask.sum(dim=1, dtype=torch.int32)
+    blocks = mask.view(torch.uint8).view(rows, width // 128, 128)
+    return blocks.sum(dim=1, dtype=torch.uint8).sum(dim=1, dtype=torch.int32)
 
 
 def _band(q: torch.Tensor, gal: torch.Tensor, pr: torch.Tensor,
@@ -96,16 +110,20 @@ def _tiled_ranks(q: torch.Tensor, gal: torch.Tensor, pr: torch.Tensor,
     low, high = _band(q, gal, pr, pc)
     above = torch.zeros(rows, dtype=torch.int32)
     band_row, band_col, band_val = [], [], []
+    # Reused mask buffers: fresh tile-sized allocations would page-fault on every tile.
+    over_buf = torch.empty((rows, TILE_COLS), dtype=torch.bool)
+    low_buf = torch.empty((rows, TILE_COLS), dtype=torch.bool)
     for g0 in range(0, num_gallery, TILE_COLS):
         width = min(TILE_COLS, num_gallery - g0)
         block = gal[g0 : g0 + width]
         scores = scores_t(q, block)
-        over = scores > high
-        n_over = over.sum(dim=1, dtype=torch.int32)
+        full = width == TILE_COLS
+        over = torch.gt(scores, high, out=over_buf) if full else scores > high
+        n_over = count_true(over)
         above += n_over
-        at_least = scores >= low
+        at_least = torch.ge(scores, low, out=low_buf) if full else scores >= low
         # Few rows have band items in a given tile: look for them only there.
-        hit = torch.nonzero(at_least.sum(dim=1, dtype=torch.int32) > n_over).reshape(-1)
+        hit = torch.nonzero(count_true(at_least) > n_over).reshape(-1)
         r, c = torch.nonzero(at_least[hit] ^ over[hit], as_tuple=True)  # low <= s <= high
         r = hit[r]
         band_row.append(r)
