@@ -295,9 +295,9 @@ def test_cache_sees_same_size_same_mtime_replacement_and_rebuilds_damaged_files(
     assert np.load(feature).ndim >= 1 and len(list(cache.glob("embeddings-music-*.npz"))) == 1
 
 
-def test_cli_index_choices_and_missing_faiss(trained, tmp_path, capsys, monkeypatch):
+@pytest.mark.slow
+def test_cli_hnsw_index_is_built_cached_and_agrees_on_a_small_library(trained, tmp_path, capsys):
     import shutil
-    import sys
 
     library = tmp_path / "lib"
     shutil.copytree(trained["library"], library)
@@ -309,7 +309,11 @@ def test_cli_index_choices_and_missing_faiss(trained, tmp_path, capsys, monkeypa
     assert code == 0 and [r["file"] for r in json.loads(out)["results"]] == exact
     assert len(list((library / CACHE_DIR).glob("index-music-hnsw-*.faiss"))) == 1
 
+
+def test_cli_index_without_faiss_is_one_line(trained, capsys, monkeypatch):
+    import sys
+
     monkeypatch.setitem(sys.modules, "faiss", None)  # as if FAISS were not installed
-    code, out, err = _retrieve_json(trained, library, capsys, "--index", "hnsw")
+    code, out, err = _retrieve_json(trained, trained["library"], capsys, "--index", "hnsw")
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
     assert "needs FAISS" in err and "pip install 'vmr[faiss]'" in err
