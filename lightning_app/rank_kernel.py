@@ -129,6 +129,10 @@ def _tiled_ranks(q: torch.Tensor, gal: torch.Tensor, pr: torch.Tensor,
         band_row.append(r)
         band_col.append(c + g0)
         band_val.append(scores[r, c])
+        # Freed before the next tile's product, so the allocator can hand the same block back
+        # (alternating two tile-sized blocks made the products ~20 % slower in a loop of
+        # products alone).
+        del scores, over, at_least
     r, c, v = torch.cat(band_row), torch.cat(band_col), torch.cat(band_val)
     is_pos = torch.isin(r * num_gallery + c, pr * num_gallery + pc)
     best = torch.full((rows,), float("-inf"))
