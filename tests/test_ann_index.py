@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import sys
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
