@@ -209,6 +209,14 @@ def read_meta(store: str | Path) -> dict[str, Any]:
     return meta
 
 
+def source_fingerprint(store: str | Path) -> str | None:
+    """The source fingerprint a readable store was packed from (None: no readable store)."""
+    try:
+        return read_meta(store)["source"].get("fingerprint")
+    except DataError:
+        return None
+
+
 class StoreSplit:
     """Read access to one split of a store: rows plus memory-mapped frame arrays."""
 

@@ -33,7 +33,14 @@ from pathlib import Path
 
 from datamodules.base import StoreDataModule
 from datamodules.errors import DataError
-from datamodules.feature_store import SPLITS, Item, ModalitySpec, StoreSplit, read_meta, write_store
+from datamodules.feature_store import (
+    SPLITS,
+    Item,
+    ModalitySpec,
+    StoreSplit,
+    source_fingerprint,
+    write_store,
+)
 from datamodules.mgsv_ec_csv import Row, read_splits
 from datamodules.mgsv_ec_layout import (
     MUSIC_DIM,
@@ -168,11 +175,7 @@ def pack_mgsv_ec(root: str | Path, out: str | Path | None = None, progress: bool
 
 
 def store_is_current(root: str | Path, store: str | Path) -> bool:
-    try:
-        meta = read_meta(store)
-    except DataError:
-        return False
-    return meta["source"].get("fingerprint") == fingerprint(root)
+    return source_fingerprint(store) == fingerprint(root)
 
 
 class MGSVECDataModule(StoreDataModule):

@@ -41,7 +41,14 @@ import numpy as np
 
 from datamodules.base import StoreDataModule
 from datamodules.errors import DataError
-from datamodules.feature_store import SPLITS, Item, ModalitySpec, StoreSplit, read_meta, write_store
+from datamodules.feature_store import (
+    SPLITS,
+    Item,
+    ModalitySpec,
+    StoreSplit,
+    source_fingerprint,
+    write_store,
+)
 from datamodules.himv200k import load_feature
 from datamodules.id_csv import id_rows
 from datamodules.mvd_unpaired import read_unpaired, unpaired_files, unpaired_items
@@ -215,11 +222,7 @@ def pack_mvd(root: str | Path, out: str | Path | None = None, progress: bool = T
 
 
 def store_is_current(root: str | Path, store: str | Path) -> bool:
-    try:
-        meta = read_meta(store)
-    except DataError:
-        return False
-    return meta["source"].get("fingerprint") == fingerprint(root)
+    return source_fingerprint(store) == fingerprint(root)
 
 
 class MVDDataModule(StoreDataModule):

@@ -71,6 +71,25 @@ def split_ids(ids: list[str], val_fraction: float, test_fraction: float,
     return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
 
 
+def extract_pairs(videos: Path, out: Path, features: Path, video: VideoSpec, audio: AudioSpec,
+                  pca: PCAPlan, workers: int, device: torch.device | None, progress: bool
+                  ) -> tuple[JobSummary, JobSummary, VideoSpec, list[str]]:
+    """Video features into features/video, the videos' own audio into features/music, the
+    report into out/build-report.json; returns the ids that have both (sorted)."""
+    video_summary, video = extract_video(videos, features / "video", video, pca,
+                                         workers=workers, device=device, progress=progress)
+    music_summary = extract_audio(videos, features / "music", audio, workers=workers,
+                                  device=device, progress=progress)
+    write_json(out / "build-report.json",
+               {"video": video_summary.as_dict(), "music": music_summary.as_dict()})
+    ids = sorted(set(video_summary.done + video_summary.skipped)
+                 & set(music_summary.done + music_summary.skipped))
+    if not ids:
+        raise DataError(f"{videos}: no video gave both video and audio features "
+                        f"(reasons in {out / 'build-report.json'})")
+    return video_summary, music_summary, video, ids
+
+
 def build_dataset(videos: Path, out: Path, layout: str, video: VideoSpec, audio: AudioSpec,
                   pca: PCAPlan | None = None, val_fraction: float = 0.1,
                   test_fraction: float = 0.1, workers: int = 0,
@@ -91,17 +110,8 @@ def build_dataset(videos: Path, out: Path, layout: str, video: VideoSpec, audio:
                            {k: len(v) for k, v in splits.items()})
     if layout == "himv200k":
         _check_himv(video, audio, pca)
-    video_summary, video = extract_video(videos, out / "features" / "video", video, pca,
-                                         workers=workers, device=device, progress=progress)
-    music_summary = extract_audio(videos, out / "features" / "music", audio, workers=workers,
-                                  device=device, progress=progress)
-    write_json(out / "build-report.json",
-               {"video": video_summary.as_dict(), "music": music_summary.as_dict()})
-    ids = sorted(set(video_summary.done + video_summary.skipped)
-                 & set(music_summary.done + music_summary.skipped))
-    if not ids:
-        raise DataError(f"{videos}: no video gave both video and audio features "
-                        f"(reasons in {out / 'build-report.json'})")
+    video_summary, music_summary, video, ids = extract_pairs(
+        videos, out, out / "features", video, audio, pca, workers, device, progress)
     splits = split_ids(ids, val_fraction, test_fraction, videos)
     if layout == "himv200k":
         write_text(out / "Youtube_ID.txt", "".join(f"{i}\n" for i in ids))

@@ -25,9 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from datamodules.atomic import atomic_file, write_json, write_text
+from datamodules.atomic import atomic_file, write_text
 from datamodules.errors import DataError
-from datamodules.extract.folders import PCAPlan, extract_audio, extract_video
+from datamodules.extract.build_dataset import extract_pairs
+from datamodules.extract.folders import PCAPlan
 from datamodules.extract.jobs import JobSummary, list_media, plan_tasks
 from datamodules.extract.specs import AudioSpec, VideoSpec
 from datamodules.mgsv_ec_layout import (
@@ -119,17 +120,8 @@ def build_mgsv_ec(videos: Path, out: Path, video: VideoSpec, audio: AudioSpec,
     """Extract, then write the release layout; `splits_of(ids)` -> {split: ids}."""
     video, audio = check_specs(video, audio)
     work = out / "features" / "extracted"
-    video_summary, video = extract_video(videos, work / "video", video, PCAPlan(dim=0),
-                                         workers=workers, device=device, progress=progress)
-    music_summary = extract_audio(videos, work / "music", audio, workers=workers,
-                                  device=device, progress=progress)
-    write_json(out / "build-report.json",
-               {"video": video_summary.as_dict(), "music": music_summary.as_dict()})
-    ids = sorted(set(video_summary.done + video_summary.skipped)
-                 & set(music_summary.done + music_summary.skipped))
-    if not ids:
-        raise DataError(f"{videos}: no video gave both video and audio features "
-                        f"(reasons in {out / 'build-report.json'})")
+    video_summary, music_summary, video, ids = extract_pairs(
+        videos, out, work, video, audio, PCAPlan(dim=0), workers, device, progress)
     splits = splits_of(ids)
     sources = {t.name: t.source for t in plan_tasks(list_media(videos), work)}
     numeric = numeric_ids(ids)
