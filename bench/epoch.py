@@ -47,7 +47,7 @@ REPEATS = {"full": 3, "quick": 1}
 
 
 class EpochTimer(pl.Callback):
-    """Wall time inside the training epoch (fit's setup and teardown excluded)."""
+    """Wall time inside the training epochs, summed (fit's setup and teardown excluded)."""
 
     def __init__(self):
         self.seconds = 0.0
@@ -57,7 +57,7 @@ class EpochTimer(pl.Callback):
         self._start = time.perf_counter()
 
     def on_train_epoch_end(self, trainer, pl_module):
-        self.seconds = time.perf_counter() - self._start
+        self.seconds += time.perf_counter() - self._start
 
 
 def _quiet() -> None:

@@ -29,6 +29,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
+from bench.epoch import EpochTimer
 from datamodules.base import StoreDataModule
 from datamodules.feature_store import Item, ModalitySpec, StoreSplit, write_store
 from datamodules.sampling import SparseFrameDataset
@@ -92,18 +93,6 @@ class RandomYouTube8M(StoreDataModule):
         return SparseFrameDataset(split, self.settings["frames"], train=split.split == "train")
 
 
-class _EpochTimer(pl.Callback):
-    def __init__(self):
-        self.seconds = 0.0
-        self._start = 0.0
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        self._start = time.perf_counter()
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        self.seconds += time.perf_counter() - self._start
-
-
 def _trainer(tmp: Path, epochs: int, device: torch.device, profiler: Any = None,
              callbacks: list | None = None) -> pl.Trainer:
     from pytorch_lightning.loggers import CSVLogger
@@ -118,7 +107,7 @@ def _trainer(tmp: Path, epochs: int, device: torch.device, profiler: Any = None,
 def lightning_steps(dm: StoreDataModule, tmp: Path, epochs: int, device: torch.device
                     ) -> tuple[float, int, float]:
     """(seconds inside the epochs, optimizer steps, seconds in self.log) under Trainer.fit."""
-    model, timer = ZeroCostModel(), _EpochTimer()
+    model, timer = ZeroCostModel(), EpochTimer()
     trainer = _trainer(tmp, epochs, device, callbacks=[timer])
     trainer.fit(model, datamodule=dm)
     return timer.seconds, trainer.global_step, model.log_seconds
@@ -150,7 +139,7 @@ def profile_breakdown(dm: StoreDataModule, tmp: Path, epochs: int, device: torch
     from pytorch_lightning.profilers import SimpleProfiler
 
     profiler = SimpleProfiler()
-    model, timer = ZeroCostModel(), _EpochTimer()
+    model, timer = ZeroCostModel(), EpochTimer()
     trainer = _trainer(tmp, epochs, device, profiler=profiler, callbacks=[timer])
     trainer.fit(model, datamodule=dm)
     steps = max(1, trainer.global_step)

@@ -24,6 +24,7 @@ import torchvision.transforms.v2.functional as TF
 
 from datamodules.extract import default_device
 from datamodules.extract.hf_weights import load_config, load_pretrained, need_transformers
+from datamodules.extract.video_backbone import check_frames
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -71,11 +72,7 @@ class ClipFrameEncoder:
         return (frames.to(self.device, torch.float32) / 255.0 - self._mean) / self._std
 
     def encode(self, frames: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-        if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[1] != 3:
-            raise ValueError(f"frames must be uint8 [T, 3, H, W], got {frames.dtype} "
-                             f"{list(frames.shape)}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size={batch_size} must be >= 1")
+        check_frames(frames, batch_size)
         out = torch.empty((frames.shape[0], self.dim), dtype=torch.float32)
         with torch.inference_mode():
             for start in range(0, frames.shape[0], batch_size):

@@ -48,6 +48,15 @@ _OPTIONAL = {"inception_v3": ("fc.", "AuxLogits."), "resnet50": ("fc.",)}
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
+
+def check_frames(frames: torch.Tensor, batch_size: int) -> None:
+    """What every frame encoder takes: uint8 [T, 3, H, W] RGB frames, batches of >= 1."""
+    if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[1] != 3:
+        raise ValueError(f"frames must be uint8 [T, 3, H, W], got {frames.dtype} "
+                         f"{list(frames.shape)}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1")
+
 class FrameEncoder:
     """A CNN in eval mode on `device`; `encode` maps uint8 frames to [T, 2048] features."""
 
@@ -73,11 +82,7 @@ class FrameEncoder:
 
     def encode(self, frames: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
         """uint8 [T, 3, H, W] RGB frames -> float32 [T, 2048] features on the CPU."""
-        if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[1] != 3:
-            raise ValueError(f"frames must be uint8 [T, 3, H, W], got {frames.dtype} "
-                             f"{list(frames.shape)}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size={batch_size} must be >= 1")
+        check_frames(frames, batch_size)
         out = torch.empty((frames.shape[0], FEATURE_DIM), dtype=torch.float32)
         with torch.inference_mode():
             for start in range(0, frames.shape[0], batch_size):
