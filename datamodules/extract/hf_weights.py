@@ -11,9 +11,7 @@ of every config and weight file's name and hash, so a changed config is noticed 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,12 @@ from typing import Any
 import torch
 
 from datamodules.errors import DataError
+from datamodules.extract.torch_file import (
+    load_torch_bytes,
+    read_file,
+    strip_wrapper_prefixes,
+    unwrap_state_dict,
+)
 
 CONFIG_FILES = ("config.json", "preprocessor_config.json")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
@@ -75,17 +79,7 @@ def _parse(path: Path, data: bytes) -> Mapping[str, Any]:
             return load_safetensors(data)
         except Exception as e:  # noqa: BLE001 - any parse failure: not a safetensors file
             raise DataError(f"{path}: not a loadable safetensors file ({e})") from None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - corrupt archive, pickled objects, not a torch file
-        raise DataError(f"{path}: not a loadable weights file (not a safetensors or "
-                        "torch.save state dict)") from None
-    if isinstance(obj, Mapping):
-        for key in ("state_dict", "model"):
-            if isinstance(obj.get(key), Mapping):
-                return obj[key]
+    obj = unwrap_state_dict(load_torch_bytes(path, data, "weights"))
     if not isinstance(obj, Mapping):
         raise DataError(f"{path}: not a state dict (got a {type(obj).__name__})")
     return obj
@@ -112,10 +106,7 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
                                .encode())
     digest = ""
     for f in files:
-        try:
-            data = f.read_bytes()
-        except OSError as e:
-            raise DataError(f"{f}: weights file not readable ({e.strerror or e})") from None
+        data = read_file(f, "weights")
         digest = hashlib.sha256(data).hexdigest()
         folder_hash.update(f"{f.name}\0{digest}\n".encode())
         part = _parse(f, data)
@@ -124,9 +115,7 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
         state.update(part)
     if not state:
         raise DataError(f"{p}: the weights hold no tensors")
-    for prefix in ("module.", "_orig_mod."):  # DataParallel/DDP, torch.compile wrappers
-        if all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+    state = strip_wrapper_prefixes(state)
     return state, folder_hash.hexdigest() if p.is_dir() else digest
 
 

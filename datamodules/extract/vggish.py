@@ -25,7 +25,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +33,7 @@ from torch import nn
 
 from datamodules.errors import DataError
 from datamodules.extract import default_device
+from datamodules.extract.torch_file import load_torch_bytes, read_file
 
 VGGISH_SAMPLE_RATE = 16_000
 VGGISH_DIM = 128
@@ -104,22 +104,6 @@ def vggish_examples(y: np.ndarray | torch.Tensor) -> torch.Tensor:
     return log_mel[: n * EXAMPLE_FRAMES].reshape(n, 1, EXAMPLE_FRAMES, MEL_BANDS).contiguous()
 
 
-def _read_torch(path: Path, what: str) -> object:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: {what} file not found") from None
-    except OSError as e:
-        raise DataError(f"{path}: {what} file not readable ({e.strerror or e})") from None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - corrupt archive, pickled objects, not a torch file
-        raise DataError(f"{path}: not a loadable {what} file (expected a torch.save state "
-                        "dict)") from None
-
-
 def load_vggish(weights: str | os.PathLike, device: torch.device | str | None = None,
                 ) -> tuple[VGGishNetwork, str]:
     """The network from a local state dict (torchaudio's or torchvggish's names) + its SHA-256."""
@@ -159,14 +143,15 @@ def load_vggish_pca(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{p}: VGGish PCA file not found")
-    if p.read_bytes()[:2] == b"PK" and p.suffix == ".npz":
+    data = read_file(p, "VGGish PCA")  # read once: the format is told from its first bytes
+    if data[:2] == b"PK" and p.suffix == ".npz":
         try:
-            with np.load(p, allow_pickle=False) as npz:
+            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
                 params = {k: npz[k] for k in npz.files}
         except (OSError, ValueError) as e:
             raise DataError(f"{p}: corrupt VGGish PCA file ({e})") from None
     else:
-        params = _read_torch(p, "VGGish PCA")
+        params = load_torch_bytes(p, data, "VGGish PCA")
         if not isinstance(params, dict):
             raise DataError(f"{p}: not a VGGish PCA file (expected a dict of arrays)")
     try:

@@ -20,9 +20,6 @@ of Google's, which expect inputs in [-1, 1]): features from this module match
 from __future__ import annotations
 
 import hashlib
-import io
-import pickle
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -33,6 +30,12 @@ from torch import nn
 
 from datamodules.errors import DataError
 from datamodules.extract import default_device
+from datamodules.extract.torch_file import (
+    load_torch_bytes,
+    read_file,
+    strip_wrapper_prefixes,
+    unwrap_state_dict,
+)
 
 CNN_BACKBONES = ("inception_v3", "resnet50")
 # Transformer backbones with their own loader and preprocessing (datamodules/extract/clip_video.py).
@@ -45,9 +48,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 MIN_IMAGE_SIZE = {"inception_v3": 75, "resnet50": 32}
 # Keys that may be in the file or not, and are never used: the classifier, Inception's aux head.
 _OPTIONAL = {"inception_v3": ("fc.", "AuxLogits."), "resnet50": ("fc.",)}
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-
-
 
 def check_frames(frames: torch.Tensor, batch_size: int) -> None:
     """What every frame encoder takes: uint8 [T, 3, H, W] RGB frames, batches of >= 1."""
@@ -130,40 +130,14 @@ def _build(backbone: str) -> nn.Module:
 
 def _read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], str]:
     """The file's state dict (unwrapped, prefixes stripped) and the file's SHA-256."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: weights file not found") from None
-    except OSError as e:
-        raise DataError(f"{path}: weights file not readable ({e.strerror or e})") from None
+    data = read_file(path, "weights")
     digest = hashlib.sha256(data).hexdigest()  # of exactly the bytes loaded
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # e.g. "pickle protocol 4" notes on foreign files
-            obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise DataError(f"{path}: not a loadable torch weights file (it holds objects other "
-                        "than tensors, refused by weights_only=True)") from None
-    except RuntimeError:
-        raise DataError(f"{path}: not a loadable torch weights file (corrupt or truncated "
-                        "archive)") from None
-    except Exception:  # noqa: BLE001 - any other parse failure: the bytes are not a torch file
-        raise DataError(f"{path}: not a loadable torch weights file (not a torch.save "
-                        "file)") from None
-    if isinstance(obj, Mapping):
-        for key in ("state_dict", "model"):
-            if isinstance(obj.get(key), Mapping):
-                obj = obj[key]
-                break
+    obj = unwrap_state_dict(load_torch_bytes(path, data, "weights"))
     if (not isinstance(obj, Mapping) or not obj
             or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())):
         raise DataError(f"{path}: not a state dict (expected parameter names -> tensors, "
                         f"directly or under 'state_dict' or 'model'; got {_describe(obj)})")
-    state = dict(obj)
-    for prefix in _WRAPPER_PREFIXES:
-        if all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
-    return state, digest
+    return strip_wrapper_prefixes(dict(obj)), digest
 
 
 def _check_fits(path: Path, backbone: str, expected: Mapping[str, torch.Tensor],
