@@ -15,9 +15,16 @@ from small_fs import error_lines, run_on_small_fs
 SYNTH = ["--pairs", "300", "--val", "50", "--test", "50"]
 
 
-def _one_error(result: dict, expected: str) -> None:
+def _the_error(result: dict) -> str:
+    """The one error line of a run that exited 2 without a traceback."""
     assert "Traceback" not in result["err"], result["err"]
-    assert result["rc"] == 2 and error_lines(result) == [f"vmr: error: {expected}"], result
+    errors = error_lines(result)
+    assert result["rc"] == 2 and len(errors) == 1, result
+    return errors[0]
+
+
+def _one_error(result: dict, expected: str) -> None:
+    assert _the_error(result) == f"vmr: error: {expected}", result
 
 
 @pytest.fixture(scope="module")
@@ -81,11 +88,10 @@ def slow_cases(tmp_path_factory) -> tuple[Path, Path, dict]:
 def test_extract_on_a_full_disk_stops_and_keeps_only_whole_files(slow_cases):
     small, snaps, results = slow_cases
     result = results["extract"]
-    errors = error_lines(result)
-    assert result["rc"] == 2 and len(errors) == 1 and "Traceback" not in result["err"], result
+    error = _the_error(result)
     # The job stops at the first file that does not fit, naming it; earlier ones are whole.
-    failed = errors[0][len("vmr: error: "):].split(": ")[0]
-    assert errors[0] == f"vmr: error: {failed}: no space left on device"
+    failed = error[len("vmr: error: "):].split(": ")[0]
+    assert error == f"vmr: error: {failed}: no space left on device"
     assert Path(failed).parent == small / "feat" and Path(failed).suffix == ".npy"
     kept = result["files"]
     assert all(f.startswith("feat/tone") and f.endswith(".npy") for f in kept), kept
@@ -105,13 +111,12 @@ def test_extract_into_a_read_only_folder(slow_cases):
 def test_checkpoint_on_a_full_disk_stops_the_run_marked_failed(slow_cases):
     small, snaps, results = slow_cases
     result = results["train"]
-    errors = error_lines(result)
-    assert result["rc"] == 2 and len(errors) == 1 and "Traceback" not in result["err"], result
-    assert errors[0].startswith(f"vmr: error: {small / 'runs' / 'quickstart'}/")
-    assert errors[0].endswith("/checkpoints/best-000.ckpt: no space left on device")
+    error = _the_error(result)
+    assert error.startswith(f"vmr: error: {small / 'runs' / 'quickstart'}/")
+    assert error.endswith("/checkpoints/best-000.ckpt: no space left on device")
     assert not [f for f in result["files"] if ".ckpt" in f or ".tmp" in f], result["files"]
     status_file = next((snaps / "train").rglob("status.json"))
     status = json.loads(status_file.read_text())
     assert status["status"] == "failed"
-    assert status["reason"] == errors[0][len("vmr: error: "):]
+    assert status["reason"] == error[len("vmr: error: "):]
     assert not (status_file.parent / "metrics.json").exists()
