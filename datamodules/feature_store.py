@@ -10,7 +10,8 @@
 Arrays open with `np.load(mmap_mode="r")`, so loading never parses source files in the
 training loop. The whole store is written in a temporary folder and renamed into place,
 under a lock shared with other processes building it (datamodules.store_lock). Opening a
-split parses its whole index (datamodules.store_check checks sizes as well).
+split parses its whole index, or takes the rows the open-time check (datamodules.store_check,
+which checks sizes as well) has just parsed (datamodules.index_handoff).
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ from typing import Any
 
 import numpy as np
 
+from datamodules import index_handoff
 from datamodules.atomic import atomic_directory
 from datamodules.errors import DataError
 from datamodules.npy_stream import NpyStream
-from datamodules.store_check import parse_index, store_problem
+from datamodules.store_check import index_key, parse_index, store_problem
 from datamodules.store_lock import store_lock
 
 log = logging.getLogger("vmr")
@@ -236,9 +238,12 @@ class StoreSplit:
         }
         self.arrays = {m: _open_array(folder / f"{m}.npy") for m in self.modalities}
         # Every line is parsed and its frames checked against the arrays: a broken index is
-        # a one-line error here, not an exception in the middle of training.
+        # a one-line error here, not an exception in the middle of training. The open-time
+        # check did exactly that for an unchanged file: its rows are taken instead.
         frames = {m: len(a) for m, a in self.arrays.items()}
-        self.rows = parse_index(folder / "index.jsonl", list(self.modalities), frames)
+        index, names = folder / "index.jsonl", list(self.modalities)
+        rows = index_handoff.take(index, index_key(names, frames))
+        self.rows = rows if rows is not None else parse_index(index, names, frames)
         self.offsets = {m: np.array([r[f"{m}_offset"] for r in self.rows]) for m in self.modalities}
         self.lengths = {m: np.array([r[f"{m}_length"] for r in self.rows]) for m in self.modalities}
 

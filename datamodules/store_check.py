@@ -3,7 +3,8 @@
 `store_problem` (every open): each file exists and has the size meta.json records (stores
 written before sizes were recorded: the .npy header's shape and dtype must match meta.json
 and account for the file's size), and every index line parses, with offsets and lengths
-inside the arrays. `verify_store` (`vmr prepare --verify`) also recomputes the SHA-256 of
+inside the arrays (the rows are handed to the StoreSplit that opens the split next:
+datamodules.index_handoff). `verify_store` (`vmr prepare --verify`) also recomputes the SHA-256 of
 each file that has one recorded. Every problem is one line naming the file and the cause.
 """
 
@@ -15,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from datamodules import index_handoff
 from datamodules.errors import DataError
 
 INDEX = "index.jsonl"
@@ -32,6 +34,11 @@ def parse_index(path: Path, modalities: list[str], frames: dict[str, int]) -> li
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: broken (not UTF-8 text: {e.reason})") from None
     return rows
+
+
+def index_key(modalities: list[str], frames: dict[str, int]) -> tuple:
+    """What a parsed index was checked against (datamodules.index_handoff)."""
+    return tuple(modalities), tuple(sorted(frames.items()))
 
 
 def _row(line: str, modalities: list[str], frames: dict[str, int], where: str) -> dict:
@@ -100,12 +107,15 @@ def split_problem(store: Path, split: str, meta: dict[str, Any]) -> str | None:
         if have != expected:
             return f"{path}: {_size_change(have, expected, f'its header ({shape} {dtype}) needs')}"
         frames[m] = shape[0]
+    modalities = list(meta["modalities"])
+    before = index_handoff.stamp(folder / INDEX)
     try:
-        rows = parse_index(folder / INDEX, list(meta["modalities"]), frames)
+        rows = parse_index(folder / INDEX, modalities, frames)
     except DataError as e:
         return str(e)
     if len(rows) != info.get("count"):
         return f"{folder / INDEX}: {len(rows)} rows, meta.json says {info.get('count')}"
+    index_handoff.leave(folder / INDEX, before, index_key(modalities, frames), rows)
     return None
 
 
