@@ -5,7 +5,10 @@ folder with metrics.json is done (skipped on a rerun), one with checkpoints/last
 metrics.json was interrupted (continued with `resume=last`, in the same folder), anything
 else runs from scratch. The local launcher starts each run as its own `python -m
 lightning_app train ...` process (its output in `<run root>/train.log`), records failures
-(exit code, last error line) in the manifest and goes on with the other runs.
+(exit code, and the reason from the run's status.json, else the last error line) in the
+manifest and goes on with the other runs. A run whose status.json says failed is failed
+whatever its exit code; one that exited with status.json missing or still running was
+killed (lightning_app.sweep_outcome).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 
 from datamodules.atomic import write_json
 from lightning_app.errors import ConfigError
+from lightning_app.sweep_outcome import outcome, recorded_failure
 from lightning_app.sweep_plan import MANIFEST, Manifest, RunSpec
 
 LOG = "train.log"
@@ -44,15 +48,18 @@ def run_state(sweep_dir: Path, run: RunSpec) -> tuple[str | None, Path | None]:
     return None, (folders[-1] if folders else None)
 
 
-def refresh(manifest: Manifest, sweep_dir: Path) -> None:
-    """Bring every run's status up to date with its run root."""
-    for run in manifest.runs:
+def refresh(manifest: Manifest, sweep_dir: Path, runs: list[RunSpec] | None = None) -> None:
+    """Bring the status of `runs` (default: every run) up to date with their run roots."""
+    for run in manifest.runs if runs is None else runs:
         state, folder = run_state(sweep_dir, run)
         if folder is not None:
             run.run_dir = str(folder.relative_to(sweep_dir))
         ended = _read_exit(run.root(sweep_dir) / EXIT_FILE)  # a SLURM task's end
-        if state == "done":
-            run.status = "done"
+        failure = recorded_failure(folder)
+        if failure is not None:  # status.json says so, whatever metrics.json and exit say
+            run.status, run.error = "failed", failure
+        elif state == "done":
+            run.status, run.killed = "done", False
         elif ended is not None and ended.get("returncode") != 0:
             run.status = "failed"
             run.returncode, run.error = ended.get("returncode"), ended.get("error")
@@ -121,7 +128,7 @@ def run_local(manifest: Manifest, sweep_dir: Path, parallel: int = 1) -> list[Ru
             proc.terminate()
             proc.wait()
             run.status = "pending"
-        refresh(manifest, sweep_dir)
+        refresh(manifest, sweep_dir, [run for run, _ in running.values()])
         manifest.write(sweep_dir)
     return [r for r in manifest.runs if r.status == "failed"]
 
@@ -162,7 +169,7 @@ def _start(run: RunSpec, sweep_dir: Path, group: str, env: dict) -> subprocess.P
         log.write(f"# {shlex.join(cmd)}\n")
         log.flush()
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    run.status, run.returncode, run.error = "running", None, None
+    run.status, run.returncode, run.error, run.killed = "running", None, None, False
     return proc
 
 
@@ -171,12 +178,11 @@ def _finish(run: RunSpec, sweep_dir: Path, returncode: int, seconds: float) -> N
     if folder is not None:
         run.run_dir = str(folder.relative_to(sweep_dir))
     run.returncode = returncode
-    if returncode == 0 and state == "done":
-        run.status = "done"
+    end = outcome(folder, state == "done", returncode, last_error(run.root(sweep_dir) / LOG))
+    run.status, run.error, run.killed = end.status, end.error, end.killed
+    if end.status == "done":
         print(f"sweep: finished {run.id} ({seconds:.0f} s)", flush=True)
         return
-    run.status = "failed"
-    run.error = last_error(run.root(sweep_dir) / LOG) or f"exit code {returncode}"
     print(f"sweep: FAILED {run.id} (exit code {returncode}): {run.error}", flush=True)
 
 
@@ -201,5 +207,6 @@ def summary(manifest: Manifest, sweep_dir: Path) -> str:
     lines = [f"{manifest.kind} {manifest.name}: {len(manifest.runs)} runs ({parts}) in {sweep_dir}"]
     for run in manifest.runs:
         if run.status == "failed":
-            lines.append(f"  failed {run.id}: {run.error} (log: {run.root(sweep_dir) / LOG})")
+            how = "killed" if run.killed else "failed"
+            lines.append(f"  {how} {run.id}: {run.error} (log: {run.root(sweep_dir) / LOG})")
     return "\n".join(lines)

@@ -111,6 +111,8 @@ class RunSpec:
     run_dir: str | None = None  # the train run folder, relative to the sweep folder
     returncode: int | None = None
     error: str | None = None
+    # Failed without recording its end (status.json missing or still running): killed.
+    killed: bool = False
 
     def root(self, sweep_dir: Path) -> Path:
         return Path(sweep_dir) / "runs" / self.id
