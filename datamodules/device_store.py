@@ -3,10 +3,11 @@
 `DeviceSplit` keeps one split's frame arrays as torch tensors in the store's dtype (uint8
 codes, float16, float32), with per-item offsets and lengths, on a torch device: the GPU
 (`data.cache=device`) or host RAM (`data.cache=host`). A batch is then one row gather per
-modality (torch kernels on a GPU, NumPy on the host), Global-Sparse sampled and dequantised
-where the data lives; nothing goes through a worker process or a host-to-device copy of
-frames. The arrays are read in on the first batch, in chunks, so a split that fits the device
-need not fit the host's RAM twice.
+modality (torch kernels on a GPU; on the host one fused numba pass per modality into a
+recycled array, datamodules.host_gather and batch_buffers), Global-Sparse sampled and
+dequantised where the data lives; nothing goes through a worker process or a host-to-device
+copy of frames. The arrays are read in on the first batch, in chunks, so a split that fits
+the device need not fit the host's RAM twice.
 
 Batches are bit-identical to the memory-mapped NumPy path (datamodules.pairs,
 datamodules.sampling): the gathers copy the same stored values, casting to float32 is exact,
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from datamodules.batch_buffers import BufferPool
 from datamodules.feature_store import StoreSplit
 
 
@@ -43,9 +45,13 @@ class DeviceSplit:
                         .to(self.device) for m in split.modalities}
         self.lengths = {m: torch.as_tensor(np.asarray(split.lengths[m], dtype=np.int64))
                         .to(self.device) for m in split.modalities}
-        # Host copies: a batch's longest item without waiting for the device.
+        # Host copies: a batch's longest item without waiting for the device, and the
+        # host path's sampling (NumPy in, no torch indexing per batch).
         self.host_lengths = {m: np.asarray(split.lengths[m], dtype=np.int64)
                              for m in split.modalities}
+        self.host_offsets = {m: np.asarray(split.offsets[m], dtype=np.int64)
+                             for m in split.modalities}
+        self._buffers = BufferPool()  # the host path's recycled float32 batches
         self.salient = (None if salient is None
                         else torch.from_numpy(np.ascontiguousarray(salient)).to(self.device))
 
@@ -84,23 +90,15 @@ class DeviceSplit:
 
     def _host_batch(self, modality: str, rows: torch.Tensor, mask: torch.Tensor | None
                     ) -> torch.Tensor:
-        """`_batch` in host memory, in NumPy: row copies cast into a fresh float32 array and
-        dequantised in place (single-threaded; torch's uint8 index_select and casts were
-        several times slower here, and its threads contend on a shared machine)."""
-        arr = self.arrays[modality].numpy()
-        out = np.empty((*rows.shape, self.dims[modality]), dtype=np.float32)
-        if arr.shape[0] == 0:
-            out[...] = 0.0
-            return torch.from_numpy(out)
-        out.reshape(-1, arr.shape[1])[...] = arr[rows.reshape(-1).numpy()]
-        spec = self.dequantize[modality]
-        if spec is not None:
-            out *= np.float32(spec[0])
-            out += np.float32(spec[1])
-        if mask is not None:
-            pad = ~mask.numpy()
-            if pad.any():
-                out[pad] = 0.0
+        """`_batch` in host memory: one fused gather, cast and dequantise pass (numba, on
+        torch's thread count) into a recycled array (datamodules.host_gather, batch_buffers);
+        torch's uint8 index_select and casts were several times slower here."""
+        from datamodules.host_gather import gather_rows  # numba: imported on first use
+
+        rows_np = rows.numpy()
+        out = self._buffers.take((*rows_np.shape, self.dims[modality]), np.float32)
+        gather_rows(self.arrays[modality].numpy(), rows_np,
+                    None if mask is None else mask.numpy(), self.dequantize[modality], out)
         return torch.from_numpy(out)
 
     def _scalars(self, modality: str, spec: tuple[float, float]
@@ -131,6 +129,14 @@ class DeviceSplit:
         `uniform`: [B, frames] draws in [0, 1) for training (random frame per segment); None
         takes segment centres.
         """
+        if self.device.type == "cpu":
+            from datamodules.host_gather import sparse_rows  # numba: imported on first use
+
+            pick = idx.numpy()
+            rows_np, mask_np = sparse_rows(self.host_offsets[modality][pick],
+                                           self.host_lengths[modality][pick], frames, uniform)
+            rows, mask = torch.from_numpy(rows_np), torch.from_numpy(mask_np)
+            return self._host_batch(modality, rows, mask), mask, rows
         offsets, lengths = self.offsets[modality][idx], self.lengths[modality][idx]
         u = None if uniform is None else torch.from_numpy(uniform).to(self.device)
         rel, mask = global_sparse_torch(lengths, frames, u)
