@@ -10,9 +10,11 @@ has one video, so the gallery is exactly the 2000 tracks of the split.
 vmr's exact retrieval (lightning_app.retrieval.paired_retrieval_ranks) ranks the same
 de-duplicated gallery: its v2m ranks are these ranks + 1 (ties apart: vmr counts a tie with
 another track against the query, the official sort breaks ties by position). This module
-turns such ranks into the official metric set; `python -m datamodules.mgsv_ec_eval
-RUN/per_query_v2m.parquet` prints it for a finished run. `official_dedup_ranks` transcribes
-the official walk for testing.
+turns such ranks into the official metric set: a run on MGSV-EC writes it into metrics.json
+(`official_keys`: `test/v2m/official/R1` ... `MRR`), and `python -m datamodules.mgsv_ec_eval
+RUN/per_query_v2m.parquet` prints it from a finished run's per-query ranks; both go through
+`from_ranks`, so they agree exactly. `official_dedup_ranks` transcribes the official walk for
+testing.
 """
 
 from __future__ import annotations
@@ -20,10 +22,14 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 KS = (1, 3, 5, 10, 20, 25, 50, 100)
+# metrics.json keys: <stage>/v2m/official/<name> (R<k> in percent as the official log prints,
+# unlike vmr's own R@K fractions; MedianR, MeanR 1-based; MRR a fraction).
+OFFICIAL = "v2m/official"
 
 
 def official_dedup_ranks(scores: np.ndarray, column_music: Sequence[str],
@@ -60,12 +66,31 @@ def official_metrics(ranks0: np.ndarray) -> dict[str, float]:
     return out
 
 
+def from_ranks(ranks: Any) -> dict[str, float]:
+    """The official numbers from vmr's 1-based v2m ranks (array, list or tensor)."""
+    if hasattr(ranks, "cpu"):  # a torch tensor, possibly on an accelerator
+        ranks = ranks.cpu().numpy()
+    return official_metrics(np.asarray(ranks, dtype=np.int64) - 1)
+
+
+def official_keys(ranks: Any, stage: str) -> dict[str, float]:
+    """metrics.json entries `<stage>/v2m/official/<name>` of vmr's 1-based v2m ranks."""
+    return {f"{stage}/{OFFICIAL}/{k}": v for k, v in from_ranks(ranks).items()}
+
+
+def dataset_official_keys(dataset: str, ranks: dict[str, Any], stage: str) -> dict[str, float]:
+    """`official_keys` of the v2m ranks for data.dataset=mgsv_ec; {} for other datasets."""
+    if dataset != "mgsv_ec" or "v2m" not in ranks:
+        return {}
+    return official_keys(ranks["v2m"], stage)
+
+
 def from_per_query(path: str | Path) -> dict[str, float]:
     """The official numbers of a run's `per_query_v2m.parquet` (its 1-based `rank` column)."""
     import pyarrow.parquet as pq
 
     table = pq.read_table(path, columns=["rank"])
-    return official_metrics(np.asarray(table.column("rank").to_pylist()) - 1)
+    return from_ranks(table.column("rank").to_pylist())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ def compare_runs(paths: list[Path], stage: str = "test", sort: str | None = None
     rows = sorted((_summary(g, keys, shown) for g in groups),
                   key=lambda r: [_order(r["config"][k]) for k in keys])
     if sort:
-        higher_is_better = "R@" in sort
+        higher_is_better = _higher_is_better(sort)
         # Groups without the metric go last in either direction.
         missing = float("-inf") if higher_is_better else float("inf")
         rows.sort(key=lambda r: _or(r["metrics"][sort]["mean"], missing),
@@ -105,6 +106,12 @@ def _markdown(rows: list[dict], keys: list[str], shown: list[str], stage: str) -
              "(R@K in %)")
     return "\n".join([title, "", line(head), "|" + "|".join("-" * (w + 2) for w in widths)
                       + "|", *(line(b) for b in body)])
+
+
+def _higher_is_better(metric: str) -> bool:
+    """Recalls (R@K; MGSV-EC's official R<k>) and MRR grow with quality; ranks, losses fall."""
+    name = metric.rsplit("/", 1)[-1]
+    return "R@" in name or name == "MRR" or bool(re.fullmatch(r"R\d+", name))
 
 
 def _cell(name: str, s: dict) -> str:

@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader
 from datamodules.atomic import write_json, write_text
 from datamodules.base import TRUTH_FILE
 from datamodules.errors import DataError
+from datamodules.mgsv_ec_eval import dataset_official_keys
 from datamodules.pairs import identity_collate
 from lightning_app.callbacks import RecallAtK
 from lightning_app.checkpoint_file import CheckpointFile, read_checkpoint
@@ -102,6 +103,8 @@ def evaluate(ckpt: str | Path, overrides: Sequence[str] = (), out: str | Path | 
     rows = recall.last_test_rows
     if e.gallery_size == 0:
         metrics.update(recall.last_metrics["test"])
+        # MGSV-EC: the official metric set too (its protocol ranks the whole split).
+        metrics.update(dataset_official_keys(cfg.data.dataset, recall.last_test_ranks, "test"))
         tables = query_tables(rows, dataset.ids, dataset.music_ids, e.topk, e.chunk_size,
                               ranks=recall.last_test_ranks)
     else:

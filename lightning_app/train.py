@@ -21,6 +21,7 @@ from datamodules.atomic import write_json, write_text
 from datamodules.base import TRUTH_FILE
 from datamodules.errors import DataError
 from datamodules.extract.specs import dataset_extractor
+from datamodules.mgsv_ec_eval import dataset_official_keys
 from lightning_app.ann_index import IndexParams
 from lightning_app.atomic_checkpoint import AtomicModelCheckpoint
 from lightning_app.callbacks import RecallAtK
@@ -104,6 +105,8 @@ def _fit_and_test(cfg: Config, datamodule: Any, model: Any, run_dir: Path,
     # Exact retrieval metrics from the callback; the test loss from Lightning's results.
     metrics = {k: float(v) for k, v in results[0].items() if k.startswith("test/")}
     metrics.update(recall.last_metrics.get("test", {}))
+    # MGSV-EC: also the official metric set (R1..R100 in percent, MedianR, MeanR, MRR).
+    metrics.update(dataset_official_keys(cfg.data.dataset, recall.last_test_ranks, "test"))
     if trainer.is_global_zero:
         write_json(run_dir / "metrics.json", {
             **metrics, "best_checkpoint": str(best) if best else None,

@@ -1,13 +1,18 @@
 """vmnet_mgsv_ec_synthetic end to end on a small planted MGSV-EC: it learns, and the official
-metric set of the run's per-query ranks agrees with its metrics.json."""
+metric set of the run's per-query ranks agrees with its metrics.json, whose official keys
+(`test/v2m/official/...`) equal `python -m datamodules.mgsv_ec_eval`'s numbers exactly, for the
+run and for `vmr eval` of its checkpoint."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
 
 from datamodules.mgsv_ec_eval import from_per_query
 from lightning_app.config import load_config
+from lightning_app.evaluate import evaluate
 from lightning_app.train import train
 
 
@@ -28,3 +33,9 @@ def test_vmnet_on_synthetic_mgsv_ec_learns(tmp_path):
     assert official["R10"] == pytest.approx(100 * metrics["test/v2m/R@10"])
     assert official["R1"] == pytest.approx(100 * metrics["test/v2m/R@1"])
     assert official["MeanR"] == pytest.approx(metrics["test/v2m/MnR"])
+    written = json.loads((run / "metrics.json").read_text())
+    assert {k: written[f"test/v2m/official/{k}"] for k in official} == official
+    _, out = evaluate(written["best_checkpoint"], ["eval.split=val"], tmp_path / "eval")
+    evaluated = json.loads((out / "metrics.json").read_text())
+    assert {k: evaluated[f"val/v2m/official/{k}"] for k in official} \
+        == from_per_query(out / "per_query_v2m.parquet")
