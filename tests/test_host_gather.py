@@ -83,6 +83,21 @@ def test_gather_equals_numpy(store, threads):
     assert _same_bits(out, _numpy_batch(arr, rows[:, 0], None, dequantize))
 
 
+@pytest.mark.parametrize("dtype", ["uint8", "float16"])
+def test_long_batches_with_prefetching_equal_numpy(dtype, threads):
+    """Rows of 1 KiB and more, enough of them that the kernels prefetch rows ahead (up to the
+    last row of each thread's range)."""
+    rng = np.random.default_rng(2)
+    arr = (rng.integers(0, 256, (300, 1024), dtype=np.uint8) if dtype == "uint8"
+           else _float16_store(rng, 300, 1024))
+    rows = rng.integers(0, len(arr), (40, 8))
+    rows[-1, -1] = len(arr) - 1
+    mask = rng.random((40, 8)) < 0.9
+    out = np.empty((40, 8, 1024), dtype=np.float32)
+    gather_rows(arr, rows, mask, (0.02, -2.5), out)
+    assert _same_bits(out, _numpy_batch(arr, rows, mask, (0.02, -2.5)))
+
+
 def test_float16_keeps_nan_payloads_and_signs():
     bits = np.array([[0x7C01, 0xFE13, 0x8000, 0x0001]], dtype=np.uint16)
     out = np.empty((1, 4), dtype=np.float32)
@@ -102,6 +117,10 @@ def test_padding_is_positive_zero_and_empty_cases():
     out = np.full((2, 3, 4), 5.0, dtype=np.float32)
     gather_rows(np.empty((0, 4), dtype=np.uint8), np.zeros((2, 3), np.int64), None, None, out)
     assert (out.view(np.uint32) == 0).all()
+    # Rows outside the store: an error, never a read out of bounds.
+    for bad in (-1, 3):
+        with pytest.raises(IndexError, match="outside the 3 stored rows"):
+            gather_rows(arr, np.array([0, bad]), None, None, np.empty((2, 4), np.float32))
     # No rows at all: nothing to do, nothing read.
     out = np.empty((0, 3, 4), dtype=np.float32)
     assert gather_rows(arr, np.zeros((0, 3), np.int64), None, None, out).shape == (0, 3, 4)
