@@ -141,7 +141,8 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
         logging.getLogger("vmr").setLevel(logging.WARNING)
     extractor = read_record(args.extractor) if args.extractor else None
     rec = Recommender.from_checkpoint(args.ckpt, extractor=extractor, weights=args.weights,
-                                      pca=args.pca, device=_device(args.device))
+                                      pca=args.pca, device=_device(args.device),
+                                      audio_weights=args.audio_weights, audio_pca=args.audio_pca)
     side, query = ("video", args.video) if args.video else ("music", args.music)
     direction = "video -> music" if side == "video" else "music -> video"
     matches = rec.recommend(side, query, args.library, k=args.k, workers=args.workers,
@@ -256,8 +257,15 @@ def add_media_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--extractor", type=Path, default=None,
                    help="extractor.json to use instead of the checkpoint's record")
-    p.add_argument("--weights", type=Path, default=None, help="moved copy of the CNN weights")
-    p.add_argument("--pca", type=Path, default=None, help="moved copy of the PCA file")
+    # Files the extractor record names, moved since: checked against the recorded SHA-256.
+    p.add_argument("--video-weights", "--weights", dest="weights", type=Path, default=None,
+                   help="moved copy of the video network's weights (CNN file, CLIP folder)")
+    p.add_argument("--video-pca", "--pca", dest="pca", type=Path, default=None,
+                   help="moved copy of the video PCA file")
+    p.add_argument("--audio-weights", type=Path, default=None,
+                   help="moved copy of the music network's weights (AST folder, VGGish file)")
+    p.add_argument("--audio-pca", type=Path, default=None,
+                   help="moved copy of the VGGish PCA file")
     p.add_argument("--workers", type=int, default=2, help="library files decoded in parallel")
     p.add_argument("--device", default=None)
     p.set_defaults(func=_cmd_retrieve)

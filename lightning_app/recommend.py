@@ -33,6 +33,7 @@ from lightning_app.ann_index import IndexParams, cached_index, index_search
 from lightning_app.checkpoint_file import read_checkpoint
 from lightning_app.config import Config, config_from_dict
 from lightning_app.errors import ConfigError
+from lightning_app.recommend_files import locate
 from lightning_app.registry import build_model
 from lightning_app.retrieve_cache import drop_damaged, file_key, read_embeddings
 from lightning_app.search import topk_search
@@ -64,12 +65,15 @@ class Recommender:
 
     @classmethod
     def from_checkpoint(cls, ckpt: str | Path, extractor: dict | None = None,
-                        weights: str | None = None, pca: str | None = None,
-                        device: torch.device | None = None) -> Recommender:
+                        weights: str | Path | None = None, pca: str | Path | None = None,
+                        device: torch.device | None = None,
+                        audio_weights: str | Path | None = None,
+                        audio_pca: str | Path | None = None) -> Recommender:
         """Rebuild the model from `ckpt`; `extractor` (a record) replaces the checkpoint's.
 
-        `weights` / `pca` point at moved copies of the files the record names; their
-        content must still match the recorded SHA-256.
+        `weights` / `pca` (video) and `audio_weights` / `audio_pca` point at moved copies of
+        the files the record names; their content must still match the recorded SHA-256
+        (lightning_app.recommend_files).
         """
         path = Path(ckpt)
         saved = read_checkpoint(path)
@@ -97,10 +101,10 @@ class Recommender:
         video, audio = specs_from_record(record, f"{path} (extractor record)")
         if video is None or audio is None:
             raise ConfigError(f"{path}: the extractor record lacks the video or music side")
-        if weights:
-            video = dataclasses.replace(video, weights=str(weights))
-        if pca:
-            video = dataclasses.replace(video, pca=str(pca))
+        specs = locate({"video": video, "music": audio}, {
+            ("video", "weights"): weights, ("video", "pca"): pca,
+            ("music", "weights"): audio_weights, ("music", "pca"): audio_pca})
+        video, audio = specs["video"], specs["music"]
         for side, spec, want in (("video", video, dims["video"]), ("music", audio, dims["music"])):
             if spec.dim != want:
                 raise ConfigError(f"{path}: the model takes {want}-d {side} features but the "
