@@ -137,3 +137,75 @@ def test_tiled_ranks_recount_when_matmul_is_not_plain_float32(small_tiles, monke
     monkeypatch.setattr(rank_kernel, "_UNIT", -1.0)  # an empty band: nothing found in it
     got = single_positive_ranks(torch.from_numpy(q), torch.from_numpy(g), torch.from_numpy(one))
     np.testing.assert_array_equal(got.numpy(), brute_ranks(q, g, [{int(x)} for x in one]))
+
+
+def brute_paired(video: np.ndarray, music: np.ndarray, vkeys: np.ndarray, mkeys: np.ndarray):
+    """Both directions from first occurrences of each id and the pairs' positive sets."""
+    vids, vfirst, vinv = np.unique(vkeys, return_index=True, return_inverse=True)
+    mids, mfirst, minv = np.unique(mkeys, return_index=True, return_inverse=True)
+    v2m = [set() for _ in vids]
+    m2v = [set() for _ in mids]
+    for a, b in zip(vinv, minv):
+        v2m[a].add(int(b))
+        m2v[b].add(int(a))
+    v, m = video[vfirst], music[mfirst]
+    return brute_ranks(v, m, v2m), brute_ranks(m, v, m2v)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_paired_tiles_count_both_directions_like_brute_force(small_tiles, seed):
+    """One tile pass counted along rows (v2m) and columns (m2v): ties, duplicated rows,
+    shared ids (several positives per query), galleries of a partial last tile."""
+    from lightning_app.retrieval import paired_retrieval_ranks
+
+    rng = np.random.default_rng(200 + seed)
+    n = int(rng.integers(40, 250))
+    if seed % 2:
+        video, music = quantised(rng, n, 3, True), quantised(rng, n, 3, True)
+    else:
+        video = rng.standard_normal((n, 16)).astype(np.float32)
+        music = rng.standard_normal((n, 16)).astype(np.float32)
+        music[: n // 5] = music[n // 5 : 2 * (n // 5)]
+    vkeys = rng.integers(0, int(n * 0.8), n)  # some videos and songs occur in several pairs
+    mkeys = rng.integers(0, int(n * 0.6), n)
+    got = paired_retrieval_ranks(torch.from_numpy(video), torch.from_numpy(music),
+                                 torch.from_numpy(vkeys), torch.from_numpy(mkeys),
+                                 chunk_size=int(rng.integers(1, 20)))
+    want_v2m, want_m2v = brute_paired(video, music, vkeys, mkeys)
+    np.testing.assert_array_equal(got["v2m"].numpy(), want_v2m)
+    np.testing.assert_array_equal(got["m2v"].numpy(), want_m2v)
+
+
+def test_paired_tiles_recount_both_directions_when_bands_miss(small_tiles, monkeypatch):
+    from lightning_app.retrieval import paired_retrieval_ranks
+
+    rng = np.random.default_rng(9)
+    video, music = quantised(rng, 90, 3, True), quantised(rng, 90, 3, True)
+    keys = np.arange(90)
+    monkeypatch.setattr(rank_kernel, "_UNIT", -1.0)  # empty bands: every query recounted
+    got = paired_retrieval_ranks(torch.from_numpy(video), torch.from_numpy(music),
+                                 torch.from_numpy(keys), torch.from_numpy(keys), chunk_size=7)
+    want_v2m, want_m2v = brute_paired(video, music, keys, keys)
+    np.testing.assert_array_equal(got["v2m"].numpy(), want_v2m)
+    np.testing.assert_array_equal(got["m2v"].numpy(), want_m2v)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_bands_narrower_than_rounding_still_give_exact_ranks(small_tiles, monkeypatch, seed):
+    """The band only decides speed: with one far narrower than float32 rounding, positives
+    whose tile score differs from their plain dot product fall outside it and are recounted."""
+    from lightning_app.retrieval import paired_retrieval_ranks
+
+    rng = np.random.default_rng(300 + seed)
+    video = rng.standard_normal((120, 64)).astype(np.float32)
+    music = (video + rng.standard_normal((120, 64))).astype(np.float32)
+    keys = np.arange(120)
+    monkeypatch.setattr(rank_kernel, "_UNIT", 2.0**-60)
+    got = paired_retrieval_ranks(torch.from_numpy(video), torch.from_numpy(music),
+                                 torch.from_numpy(keys), torch.from_numpy(keys), chunk_size=9)
+    want_v2m, want_m2v = brute_paired(video, music, keys, keys)
+    np.testing.assert_array_equal(got["v2m"].numpy(), want_v2m)
+    np.testing.assert_array_equal(got["m2v"].numpy(), want_m2v)
+    got = single_positive_ranks(torch.from_numpy(music), torch.from_numpy(video),
+                                torch.from_numpy(keys))
+    np.testing.assert_array_equal(got.numpy(), want_m2v)
