@@ -8,7 +8,8 @@
     vmr extract-slurm --shards N [--dry-run] -- audio|video ARGS   (a SLURM job array)
     vmr build-dataset --videos DIR --out DIR --layout himv200k|mvd|mgsv_ec --weights W ...
     vmr retrieve --ckpt CKPT --library DIR (--video FILE | --music FILE) [-k 10] [--json]
-                 [--index exact|flat|ivf|hnsw]
+                 [--index exact|flat|ivf|hnsw] [--video-weights W] [--video-pca FILE]
+                 [--audio-weights W] [--audio-pca FILE]   (moved files the record names)
 
 Batch jobs never stop at a bad file: it is listed (with its reason) in the summary and in
 the report written next to the outputs. They exit 0 when at least one file was usable.
