@@ -209,3 +209,25 @@ def test_bands_narrower_than_rounding_still_give_exact_ranks(small_tiles, monkey
     got = single_positive_ranks(torch.from_numpy(music), torch.from_numpy(video),
                                 torch.from_numpy(keys))
     np.testing.assert_array_equal(got.numpy(), want_m2v)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_tiled_ranks_do_not_depend_on_the_thread_count(small_tiles, threads):
+    """Row blocks are shared out to torch.get_num_threads() threads, each with its own
+    counts: one thread (inline) and three (uneven shares) give the brute-force ranks."""
+    from lightning_app.retrieval import paired_retrieval_ranks
+
+    rng = np.random.default_rng(400 + threads)
+    video, music = quantised(rng, 150, 3, True), quantised(rng, 150, 3, True)
+    vkeys, mkeys = rng.integers(0, 120, 150), rng.integers(0, 90, 150)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = paired_retrieval_ranks(torch.from_numpy(video), torch.from_numpy(music),
+                                     torch.from_numpy(vkeys), torch.from_numpy(mkeys),
+                                     chunk_size=5)
+    finally:
+        torch.set_num_threads(before)
+    want_v2m, want_m2v = brute_paired(video, music, vkeys, mkeys)
+    np.testing.assert_array_equal(got["v2m"].numpy(), want_v2m)
+    np.testing.assert_array_equal(got["m2v"].numpy(), want_m2v)
