@@ -8,10 +8,12 @@ in the notes, not in the ratio).
 Ours: one epoch of `YouTube8MDataModule.train_dataloader()` (SparseFrameDataset: shuffled,
 Global Sparse sampling of `frames` frames per modality, dequantised float32 batches), in
 three places the split can live (`data.cache`): `host` (the split in RAM as stored, uint8,
-batched with torch ops: datamodules.device_store), `device` (the same on the GPU; only when
-`ctx.device` is a CUDA device, `--gpu`) and `none` (memory-mapped .npy files batched in NumPy,
-the loader before data.cache existed). The in-memory batches are checked bit-identical to the
-memory-mapped ones (a whole training epoch, same seed).
+batched by one fused numba pass per modality into recycled arrays: datamodules.device_store,
+host_gather, batch_buffers; bench/loading_parts.py times its parts), `device` (the same on
+the GPU with torch ops; only when `ctx.device` is a CUDA device, `--gpu`) and `none`
+(memory-mapped .npy files batched in NumPy, the loader before data.cache existed). The
+in-memory batches are checked bit-identical to the memory-mapped ones (a whole training
+epoch, same seed).
 Reference: the same epoch read straight from the train TFRecords with
 `datamodules.tfrecord.read_frame_level` (CRC checks, protobuf parse, "Music video" label
 filter), the same `global_sparse_batch` sampling, the same dequantisation and batching in
@@ -31,6 +33,7 @@ import numpy as np
 import torch
 
 from bench.common import RATIO_RATE, best_of, check, log, row
+from bench.loading_parts import host_parts, parts_note
 
 GROUP = "loading"
 FULL = {"train": 4000, "val": 200, "test": 200, "source_frames": 60, "frames": 32,
@@ -134,10 +137,12 @@ def run(ctx) -> dict[str, Any]:
 
     log("loading: store loader epochs")
     t_ours, ours_times = best_of(ours, s["repeats"])
-    held_times = {}
+    held_times, parts = {}, {}
     for place, (held_loader, _) in held.items():
         log(f"loading: store in {place} memory, epochs")
         held_times[place] = best_of(lambda hl=held_loader: _epoch_pairs(hl), s["repeats"])
+        if place == "host":
+            parts = host_parts(held_loader, s["frames"], s["repeats"])
     log("loading: TFRecord reference epochs")
     t_ref, ref_times = best_of(reference, s["repeats"])
     t_decode, _ = best_of(decode_only, 1)
@@ -174,10 +179,12 @@ def run(ctx) -> dict[str, Any]:
         held_check = check(same_held["ok"] and same["ok"] and n_held == n_ref,
                            f"{same_held['detail']}; {same['detail']}; pairs per epoch "
                            f"{n_held} vs reference {n_ref}")
+        where = (parts_note(1 / rate_held, parts, s["batch"]) if place == "host" else
+                 f"{1e6 / rate_held:.1f} us per pair: per batch one row gather per modality "
+                 f"from the uint8 split in device memory, then cast, dequantise and zero the "
+                 f"padding (CUDA kernels; the time includes a synchronize per batch)")
         held_notes = (
-            f"{1e6 / rate_held:.1f} us per pair, {rate_held * out_bytes / 1e9:.2f} GB/s of "
-            f"float32 batches: per batch one row gather per modality from the uint8 split in "
-            f"{place} memory, then cast, dequantise and zero the padding ({_where(place)}); "
+            f"{where}; {rate_held * out_bytes / 1e9:.2f} GB/s of float32 batches, "
             f"{rate_held / rate_ours:.1f}x the memory-mapped loader ({rate_ours:,.0f} "
             f"pairs/s). Reference as in the row above")
         rows.insert(0, row(
@@ -189,12 +196,6 @@ def run(ctx) -> dict[str, Any]:
     return {"rows": rows, "notes": [
         "loading: the memory-mapped row is the loader before data.cache (today's default is "
         "auto: device memory when the splits fit, else host memory)"], "settings": dict(s)}
-
-
-def _where(place: str) -> str:
-    return ("CUDA kernels; the time includes a synchronize per batch" if place == "device"
-            else "CPU: NumPy row copies, the float32 batch made in fresh memory as in the "
-                 "memory-mapped loader, which bounds both")
 
 
 def _epoch_pairs(loader) -> int:

@@ -214,7 +214,11 @@ def _fresh(dm: RandomYouTube8M, s: dict, cache: str, tmp: Path,
 
 
 def _fetch_only(dm: StoreDataModule, device: torch.device) -> float:
-    """Seconds per batch of one epoch of the loader alone (moved to the device)."""
+    """Seconds per batch of one epoch of the loader alone (moved to the device), after a
+    warm-up epoch (a split held in memory is read in on its first batch, and the host path's
+    batch arrays and kernels are made then: one-off costs the timed steps above never see)."""
+    for _ in dm.train_dataloader():
+        pass
     loader = dm.train_dataloader()
     start, n = time.perf_counter(), 0
     for batch in loader:
