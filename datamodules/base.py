@@ -16,7 +16,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-from datamodules.device_store import choose_cache, split_nbytes
+from datamodules.cache_place import choose_cache, split_nbytes
 from datamodules.errors import DataError
 from datamodules.feature_store import SPLITS, StoreSplit, read_meta
 from datamodules.pairs import PairDataset, identity_collate
@@ -90,7 +90,7 @@ class StoreDataModule(UnpairedPoolMixin, pl.LightningDataModule, abc.ABC):
         self._train_pairs: TrainPairs | None = None
         self._extra_pairs: TrainPairs | None = None
         self._unpaired_cache: dict[tuple[str, bool], Any] = {}
-        # data.cache / data.cache_fraction (datamodules.device_store.choose_cache); the
+        # data.cache / data.cache_fraction (datamodules.cache_place.choose_cache); the
         # chosen place ("device", "host" or "none") once set up.
         self.cache, self.cache_fraction = "none", 0.5
         self.cache_device: torch.device | None = None

@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from datamodules.base import StoreDataModule
-from datamodules.device_store import choose_cache, global_sparse_torch
+from datamodules.cache_place import choose_cache
+from datamodules.device_store import global_sparse_torch
 from datamodules.himv200k import HIMV200KDataModule
 from datamodules.mvd import MVDDataModule
 from datamodules.sampling import global_sparse_batch

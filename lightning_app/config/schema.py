@@ -87,7 +87,7 @@ class DataConfig:
     # Where the splits live while batching: `device` (GPU memory, as stored), `host` (RAM),
     # `none` (memory-mapped files, DataLoader workers), `auto`: device when they fit in
     # `cache_fraction` of the free device memory, else host when they fit in that fraction of
-    # the available RAM, else none (datamodules.device_store).
+    # the available RAM, else none (datamodules.cache_place).
     cache: str = choice("auto", ("auto", "device", "host", "none"))
     cache_fraction: float = 0.5
     synthetic: SynthConfig = field(default_factory=SynthConfig)
