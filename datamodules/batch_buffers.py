@@ -11,6 +11,8 @@ to the array until every tensor and view sharing that storage is gone, and NumPy
 `tensor.numpy()`) hold it through `.base`. An array whose reference count is back to what the
 pool alone holds is therefore unreachable by anyone else and safe to overwrite; one that a
 caller kept (a stored batch, `x[0]`, `x.numpy()`) is never handed out again while held.
+A batch copied to a GPU and dropped may be refilled at once: a copy from pageable memory has
+read it by the time `.to(device, non_blocking=True)` returns (CUDA stages such copies).
 """
 
 from __future__ import annotations
