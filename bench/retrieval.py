@@ -42,8 +42,14 @@ from bench.common import (
 from bench.retrieval_refs import case_reference, case_torchmetrics, reference_notes
 
 GROUP = "retrieval"
-TILE_NOTE = ("lightning_app/rank_tiled.py: tiles of 256 queries x 4096 items through oneDNN "
-             "(lightning_app/cpu_gemm.py), row blocks shared out to the threads")
+
+def _tile_note() -> str:
+    from lightning_app.rank_kernel import TILE_COLS, TILE_ROWS
+
+    return (f"lightning_app/rank_tiled.py: tiles of {TILE_ROWS} queries x {TILE_COLS} items "
+            "through oneDNN (lightning_app/cpu_gemm.py), row blocks shared out to the threads")
+
+
 DIM = 512
 CHUNK = 4096  # eval.chunk_size's default
 KS = (1, 5, 10)
@@ -195,7 +201,7 @@ def _floor_row(ctx, n: int, ours: dict, label: str) -> dict[str, Any]:
         "(its score tiles, nothing else)", ours["time_s"], ours["matmul_s"], "s", RATIO_TIME,
         f"ours takes {over:.2f}x the time of the products it needs (goal <= 1.3x, i.e. ratio >= "
         f"0.77): the N x N score tiles, made once and counted for both directions "
-        f"({TILE_NOTE}){sampled}; the floor is the faster of two ways to make them alone, "
+        f"({_tile_note()}){sampled}; the floor is the faster of two ways to make them alone, "
         f"one OpenMP team per product ({ours['matmul_team_s']:.2f} s) or {ctx.threads} "
         f"threads making their own (as ours, {ours['matmul_split_s']:.2f} s). For scale, "
         f"torch's own "

@@ -33,8 +33,11 @@ import torch
 
 from lightning_app.cpu_gemm import scores_t
 
-TILE_ROWS = 256
-TILE_COLS = 4096
+# 2 MiB float32 tiles: counted while still in the core's L2 cache. Measured at N=20k,
+# d=512, one thread: 512 x 1024 took 1.06x the time of its products alone, 256 x 4096
+# (4 MiB) 1.14-1.23x.
+TILE_ROWS = 512
+TILE_COLS = 1024
 _UNIT = 2.0**-24  # float32 unit roundoff
 
 
