@@ -23,6 +23,8 @@ import numpy as np
 
 # Arrays smaller than this are cheap to allocate (NumPy and malloc reuse them); not pooled.
 MIN_POOLED_BYTES = 1 << 20
+# Pooled arrays start on a cache line: the host kernels' streaming stores write whole lines.
+ALIGN = 64
 
 
 def _refs(arrays: list[np.ndarray], i: int) -> int:
@@ -62,7 +64,7 @@ class BufferPool:
             if self.arrays[i].shape == shape and self.arrays[i].dtype == dtype:
                 return self.arrays[i]
             other = i
-        out = np.empty(shape, dtype=dtype)
+        out = aligned_empty(shape, dtype)
         if len(self.arrays) >= self.capacity > 0:
             # Make room: a free array of another shape, else the oldest held one (its holder
             # keeps it alive; the pool just stops tracking it, so arrays a caller keeps for
@@ -75,3 +77,12 @@ class BufferPool:
     def nbytes(self) -> int:
         """Bytes the pool keeps (held by callers or not)."""
         return sum(a.nbytes for a in self.arrays)
+
+
+def aligned_empty(shape: tuple[int, ...], dtype: np.dtype, align: int = ALIGN) -> np.ndarray:
+    """An uninitialised C-contiguous array whose data starts at a multiple of `align` bytes
+    (NumPy only promises 16)."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    raw = np.empty(nbytes + align, dtype=np.uint8)
+    start = -raw.ctypes.data % align
+    return raw[start:start + nbytes].view(dtype).reshape(shape)

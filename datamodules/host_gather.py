@@ -16,6 +16,10 @@ payloads match) and dequantisation is the same two float32 roundings, `float32(x
 then `+ offset` (no fused multiply-add: numba does not contract without fastmath). Padding
 rows (mask False) are +0.0, as the NumPy paths leave them.
 
+Batches larger than the caches, from uint8 codes, are written with streaming stores on
+x86-64 (datamodules.host_gather_llvm: no read of each output line before writing it), and
+every kernel prefetches the rows it is about to read.
+
 `sparse_rows` is `datamodules.sampling.global_sparse_batch` plus the row offsets in one
 compiled loop (the same integer arithmetic and float64 truncation, so the same frames).
 """
@@ -25,12 +29,17 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 
-import llvmlite.ir as lir
 import numba
 import numpy as np
 import torch
-from numba.core import cgutils, types
-from numba.extending import intrinsic
+
+from datamodules.host_gather_llvm import (
+    HAS_STREAMING_STORES,
+    LANES,
+    prefetch,
+    store_fence,
+    stream_row,
+)
 
 # Rows per thread below which splitting costs more than it saves (a thread hand-off is some
 # tens of microseconds; 32k output values take about that long).
@@ -39,6 +48,9 @@ MIN_VALUES_PER_THREAD = 1 << 15
 # 1024 uint8 codes, 32 of 128): the rows are random (shuffled items) and DRAM latency, not
 # bandwidth, bounded the kernel; prefetching halved its time.
 PREFETCH_BYTES = 4096
+# Batches at least this large are written with streaming stores (host_gather_llvm): they
+# outgrow the caches anyway; a smaller one is left in cache for the model to read.
+STREAM_MIN_BYTES = 16 << 20
 # Stored dtypes the kernels read directly (others: NumPy, `gather_rows_numpy`).
 DIRECT = frozenset(np.dtype(t) for t in ("uint8", "int8", "uint16", "int16", "int32",
                                           "float32", "float64"))
@@ -47,36 +59,15 @@ _pool: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, workers, execu
 _half_table: np.ndarray | None = None
 
 
-@intrinsic
-def _prefetch(typingctx, arr, byte):  # pragma: no cover - compiled into the kernels
-    """Hint the CPU to fetch the cache line at `byte` bytes into `arr`'s data (llvm.prefetch:
-    read, keep in all cache levels, data); no value, no fault."""
-    def codegen(context, builder, signature, args):
-        data = context.make_array(signature.args[0])(context, builder, args[0]).data
-        i8p, i32 = lir.IntType(8).as_pointer(), lir.IntType(32)
-        fn = cgutils.get_or_insert_function(
-            builder.module, lir.FunctionType(lir.VoidType(), [i8p, i32, i32, i32]),
-            "llvm.prefetch.p0")
-        line = builder.gep(builder.bitcast(data, i8p), [args[1]])
-        builder.call(fn, [line, i32(0), i32(3), i32(1)])
-        return context.get_dummy_value()
-    return types.void(arr, byte), codegen
-
-
-@numba.njit(inline="always", cache=True)
-def _prefetch_ahead(arr, rows, i, hi, ahead):  # pragma: no cover
-    if i + ahead < hi:
-        start = rows[i + ahead] * arr.strides[0]
-        for byte in range(0, arr.shape[1] * arr.itemsize, 64):
-            _prefetch(arr, start + byte)
-
-
 @numba.njit(nogil=True, cache=True, boundscheck=False)
 def _gather_cast(arr, rows, mask, dequantize, scale, offset, ahead, out, lo,
                  hi):  # pragma: no cover
     d = out.shape[1]
     for i in range(lo, hi):
-        _prefetch_ahead(arr, rows, i, hi, ahead)
+        if i + ahead < hi:  # inline: a call per row passing arrays costs refcounting
+            start = rows[i + ahead] * arr.strides[0]
+            for byte in range(0, arr.shape[1] * arr.itemsize, 64):
+                prefetch(arr, start + byte)
         o = out[i]
         if not mask[i]:
             for j in range(d):
@@ -96,7 +87,10 @@ def _gather_table(arr, table, rows, mask, dequantize, scale, offset, ahead, out,
                   hi):  # pragma: no cover
     d = out.shape[1]
     for i in range(lo, hi):
-        _prefetch_ahead(arr, rows, i, hi, ahead)
+        if i + ahead < hi:  # inline: a call per row passing arrays costs refcounting
+            start = rows[i + ahead] * arr.strides[0]
+            for byte in range(0, arr.shape[1] * arr.itemsize, 64):
+                prefetch(arr, start + byte)
         o = out[i]
         if not mask[i]:
             for j in range(d):
@@ -109,6 +103,24 @@ def _gather_table(arr, table, rows, mask, dequantize, scale, offset, ahead, out,
             src = arr[rows[i]]
             for j in range(d):
                 o[j] = table[src[j]]
+
+
+@numba.njit(nogil=True, cache=True, boundscheck=False)
+def _gather_stream(arr, rows, mask, scale, offset, ahead, out, lo, hi):  # pragma: no cover
+    """_gather_cast of uint8 codes (C-contiguous rows) with streaming stores."""
+    d = out.shape[1]
+    src, dst = arr.reshape(-1), out.reshape(-1)
+    for i in range(lo, hi):
+        if i + ahead < hi:  # inline: a call per row passing arrays costs refcounting
+            start = rows[i + ahead] * arr.strides[0]
+            for byte in range(0, arr.shape[1] * arr.itemsize, 64):
+                prefetch(arr, start + byte)
+        if mask[i]:
+            stream_row(src, rows[i] * d, dst, i * d, d, scale, offset)
+        else:
+            for j in range(i * d, (i + 1) * d):
+                dst[j] = 0.0
+    store_fence()
 
 
 @numba.njit(nogil=True, cache=True)
@@ -154,6 +166,8 @@ def gather_rows(arr: np.ndarray, rows: np.ndarray, mask: np.ndarray | None,
     """Fill float32 `out` [*rows.shape, D] with `arr[rows]` as float32, dequantised
     (`x * float32(scale) + float32(offset)`) when `dequantize` is given, and +0.0 where
     `mask` (shaped like `rows`) is False; return `out`."""
+    if out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError("gather_rows writes into a C-contiguous float32 array")
     flat_out = out.reshape(-1, out.shape[-1])
     flat_rows = np.ascontiguousarray(rows, dtype=np.int64).reshape(-1)
     n = len(flat_rows)
@@ -170,15 +184,27 @@ def gather_rows(arr: np.ndarray, rows: np.ndarray, mask: np.ndarray | None,
     if arr.dtype not in DIRECT and arr.dtype != np.float16:
         return gather_rows_numpy(arr, rows, mask, dequantize, out)
     scale, offset = (np.float32(v) for v in (dequantize or (1.0, 0.0)))
+    ahead = max(1, PREFETCH_BYTES // max(1, arr.strides[0]))
+    if _streams(arr, flat_out):  # x * 1 + 0 is x for codes 0..255: no branch needed
+        args = (arr, flat_rows, flat_mask, scale, offset, ahead, flat_out)
+        _run_split(_gather_stream, args, n, flat_out.shape[1])
+        return out
     if arr.dtype == np.float16:
         args = (arr.view(np.uint16), _float16_table())
         kernel = _gather_table
     else:
         args, kernel = (arr,), _gather_cast
-    ahead = max(1, PREFETCH_BYTES // max(1, arr.strides[0]))
     args = (*args, flat_rows, flat_mask, dequantize is not None, scale, offset, ahead, flat_out)
     _run_split(kernel, args, n, flat_out.shape[1])
     return out
+
+
+def _streams(arr: np.ndarray, out: np.ndarray) -> bool:
+    """Whether `_gather_stream` can write `out` (2-D): uint8 rows in C order, whole cache
+    lines per row, 64-byte aligned, and a batch large enough to bypass the caches."""
+    return (HAS_STREAMING_STORES and arr.dtype == np.uint8 and arr.flags.c_contiguous
+            and out.shape[1] % LANES == 0 and out.ctypes.data % 64 == 0
+            and out.nbytes >= STREAM_MIN_BYTES)
 
 
 def gather_rows_numpy(arr: np.ndarray, rows: np.ndarray, mask: np.ndarray | None,

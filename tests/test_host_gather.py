@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from datamodules import batch_buffers, host_gather
-from datamodules.batch_buffers import BufferPool
+from datamodules.batch_buffers import BufferPool, aligned_empty
 from datamodules.host_gather import gather_rows, sparse_rows
+from datamodules.host_gather_llvm import HAS_STREAMING_STORES
 from datamodules.sampling import global_sparse_batch
 
 
@@ -96,6 +97,44 @@ def test_long_batches_with_prefetching_equal_numpy(dtype, threads):
     out = np.empty((40, 8, 1024), dtype=np.float32)
     gather_rows(arr, rows, mask, (0.02, -2.5), out)
     assert _same_bits(out, _numpy_batch(arr, rows, mask, (0.02, -2.5)))
+
+
+@pytest.mark.parametrize("dequantize", [(4 / 255, -2.0), None])
+def test_streaming_stores_equal_numpy(dequantize, threads, monkeypatch):
+    """uint8 codes into a 64-byte aligned batch: the streaming-store kernel (x86-64; the plain
+    one elsewhere), padding rows included."""
+    monkeypatch.setattr(host_gather, "STREAM_MIN_BYTES", 0)
+    rng = np.random.default_rng(3)
+    arr = rng.integers(0, 256, (200, 128), dtype=np.uint8)
+    rows = rng.integers(0, len(arr), (30, 7))
+    mask = rng.random((30, 7)) < 0.8
+    out = aligned_empty((30, 7, 128), np.float32)
+    out.fill(np.nan)
+    assert out.ctypes.data % 64 == 0
+    assert host_gather._streams(arr, out.reshape(-1, 128)) == HAS_STREAMING_STORES
+    gather_rows(arr, rows, mask, dequantize, out)
+    assert _same_bits(out, _numpy_batch(arr, rows, mask, dequantize))
+    # Not streamed: rows that are not whole cache lines, or an unaligned batch.
+    assert not host_gather._streams(arr[:, :120], out.reshape(-1, 128)[:, :120])
+    unaligned = aligned_empty((211 * 128 + 1,), np.float32)[1:].reshape(211, 128)
+    assert not host_gather._streams(arr, unaligned)
+    gather_rows(arr, rows[0], None, dequantize, unaligned[:7])
+    assert _same_bits(unaligned[:7], _numpy_batch(arr, rows[0], None, dequantize))
+
+
+def test_pool_arrays_are_cache_line_aligned():
+    pool = _pool()
+    for shape in ((3, 5), (7,), (2, 3, 33)):
+        assert pool.take(shape).ctypes.data % batch_buffers.ALIGN == 0
+        assert aligned_empty(shape, np.float16).ctypes.data % 64 == 0
+
+
+def test_gather_refuses_an_output_it_cannot_fill_in_place():
+    arr = np.zeros((3, 4), dtype=np.uint8)
+    with pytest.raises(ValueError, match="C-contiguous float32"):
+        gather_rows(arr, np.zeros(2, np.int64), None, None, np.empty((4, 2), np.float32).T)
+    with pytest.raises(ValueError, match="C-contiguous float32"):
+        gather_rows(arr, np.zeros(2, np.int64), None, None, np.empty((2, 4), np.float64))
 
 
 def test_float16_keeps_nan_payloads_and_signs():
