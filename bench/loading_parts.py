@@ -4,7 +4,8 @@ alone on the same split and batch shape, the rest of an epoch being the loader's
 Parts per batch, both modalities: Global-Sparse sampling (the float64 uniform draws, as
 datamodules.sampling draws them, and the sampled rows: datamodules.host_gather.sparse_rows)
 and the fused gather kernel (gather, cast, dequantise, zero padding into a recycled array:
-host_gather.gather_rows, on torch's threads). What an epoch takes beyond these is the
+host_gather.gather_rows, on torch's threads; uint8 batches over 16 MiB with streaming stores
+on x86-64). What an epoch takes beyond these is the
 DataLoader, the sampler, index tensors, the batch dict and the buffer pool, per batch.
 """
 
@@ -56,6 +57,7 @@ def parts_note(epoch_s_per_pair: float, parts: dict[str, float], batch: int) -> 
     rest = epoch_s_per_pair - parts["gather"] - parts["sampling"]
     return (f"{epoch_s_per_pair * 1e6:.1f} us per pair: fused gather kernel "
             f"{parts['gather'] * 1e6:.1f} (both modalities, {torch.get_num_threads()} "
-            f"threads, rows prefetched), Global-Sparse sampling {parts['sampling'] * 1e6:.1f} "
+            f"threads; rows prefetched, batches over 16 MiB written with streaming stores), "
+            f"Global-Sparse sampling {parts['sampling'] * 1e6:.1f} "
             f"(uniform draws and rows), the rest {rest * 1e6:.1f} (DataLoader, sampler, index "
             f"tensors, batch dict, buffer pool: Python per batch of {batch})")
