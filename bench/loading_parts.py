@@ -54,10 +54,13 @@ def host_parts(loader, frames: int, repeats: int) -> dict[str, float]:
 
 def parts_note(epoch_s_per_pair: float, parts: dict[str, float], batch: int) -> str:
     """'a us per pair: gather kernel b, sampling c, the rest d (...)'."""
+    from datamodules.host_gather import STREAM_MIN_BYTES
+
     rest = epoch_s_per_pair - parts["gather"] - parts["sampling"]
     return (f"{epoch_s_per_pair * 1e6:.1f} us per pair: fused gather kernel "
             f"{parts['gather'] * 1e6:.1f} (both modalities, {torch.get_num_threads()} "
-            f"threads; rows prefetched, batches over 16 MiB written with streaming stores), "
+            f"threads; rows prefetched, batches over {STREAM_MIN_BYTES >> 20} MiB written "
+            f"with streaming stores), "
             f"Global-Sparse sampling {parts['sampling'] * 1e6:.1f} "
             f"(uniform draws and rows), the rest {rest * 1e6:.1f} (DataLoader, sampler, index "
             f"tensors, batch dict, buffer pool: Python per batch of {batch})")
