@@ -41,8 +41,8 @@ from datamodules.host_gather_llvm import (
     stream_row,
 )
 
-# Rows per thread below which splitting costs more than it saves (a thread hand-off is some
-# tens of microseconds; 32k output values take about that long).
+# Output values per thread below which splitting costs more than it saves (a thread hand-off
+# is some tens of microseconds; 32k output values take about that long).
 MIN_VALUES_PER_THREAD = 1 << 15
 # How far ahead of the row being converted the kernels prefetch (bytes of rows: 4 rows of
 # 1024 uint8 codes, 32 of 128): the rows are random (shuffled items) and DRAM latency, not
@@ -168,6 +168,11 @@ def gather_rows(arr: np.ndarray, rows: np.ndarray, mask: np.ndarray | None,
     `mask` (shaped like `rows`) is False; return `out`."""
     if out.dtype != np.float32 or not out.flags.c_contiguous:
         raise ValueError("gather_rows writes into a C-contiguous float32 array")
+    shape = (*np.shape(rows), arr.shape[1])
+    if out.shape != shape or (mask is not None and np.shape(mask) != shape[:-1]):
+        raise ValueError(f"gather_rows: out {out.shape} and mask "
+                         f"{None if mask is None else np.shape(mask)} for rows "
+                         f"{np.shape(rows)} of {arr.shape[1]} values")
     flat_out = out.reshape(-1, out.shape[-1])
     flat_rows = np.ascontiguousarray(rows, dtype=np.int64).reshape(-1)
     n = len(flat_rows)

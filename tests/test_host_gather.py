@@ -135,6 +135,11 @@ def test_gather_refuses_an_output_it_cannot_fill_in_place():
         gather_rows(arr, np.zeros(2, np.int64), None, None, np.empty((4, 2), np.float32).T)
     with pytest.raises(ValueError, match="C-contiguous float32"):
         gather_rows(arr, np.zeros(2, np.int64), None, None, np.empty((2, 4), np.float64))
+    with pytest.raises(ValueError, match=r"out \(2, 5\) and mask None for rows \(2,\)"):
+        gather_rows(arr, np.zeros(2, np.int64), None, None, np.empty((2, 5), np.float32))
+    with pytest.raises(ValueError, match=r"mask \(3,\)"):
+        gather_rows(arr, np.zeros(2, np.int64), np.ones(3, bool), None,
+                    np.empty((2, 4), np.float32))
 
 
 def test_float16_keeps_nan_payloads_and_signs():
