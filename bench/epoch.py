@@ -47,17 +47,20 @@ REPEATS = {"full": 3, "quick": 1}
 
 
 class EpochTimer(pl.Callback):
-    """Wall time inside the training epochs, summed (fit's setup and teardown excluded)."""
+    """Wall time inside the training epochs, summed (fit's setup and teardown excluded), and
+    the optimizer steps taken in them; the first `skip` epochs are not counted."""
 
-    def __init__(self):
-        self.seconds = 0.0
-        self._start = 0.0
+    def __init__(self, skip: int = 0):
+        self.seconds, self.steps, self.skip = 0.0, 0, skip
+        self._start, self._first_step = 0.0, 0
 
     def on_train_epoch_start(self, trainer, pl_module):
-        self._start = time.perf_counter()
+        self._start, self._first_step = time.perf_counter(), trainer.global_step
 
     def on_train_epoch_end(self, trainer, pl_module):
-        self.seconds += time.perf_counter() - self._start
+        if trainer.current_epoch >= self.skip:
+            self.seconds += time.perf_counter() - self._start
+            self.steps += trainer.global_step - self._first_step
 
 
 def _quiet() -> None:
