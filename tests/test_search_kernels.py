@@ -21,7 +21,6 @@ from lightning_app.search import single_positive_ranks, topk_search
 def small_tiles(monkeypatch):
     monkeypatch.setattr(topk_kernel, "TILE_COLS", 64)
     monkeypatch.setattr(topk_kernel, "TILE_ROWS", 8)
-    monkeypatch.setattr(topk_kernel, "GROUP", 4)
     monkeypatch.setattr(rank_kernel, "TILE_COLS", 32)
     monkeypatch.setattr(rank_kernel, "TILE_ROWS", 8)
 
@@ -231,3 +230,22 @@ def test_tiled_ranks_do_not_depend_on_the_thread_count(small_tiles, threads):
     want_v2m, want_m2v = brute_paired(video, music, vkeys, mkeys)
     np.testing.assert_array_equal(got["v2m"].numpy(), want_v2m)
     np.testing.assert_array_equal(got["m2v"].numpy(), want_m2v)
+
+
+@pytest.mark.parametrize(("k", "threads"), [(10, 1), (64, 3), (65, 2)])
+def test_tiled_topk_larger_k_any_thread_count(small_tiles, k, threads):
+    """k up to MAX_TILED_K takes the sorted-insertion tiles (k + 1 goes dense), with the
+    row blocks shared out to 1 or 3 threads; ties and an excluded index per query."""
+    rng = np.random.default_rng(k)
+    g, q = quantised(rng, 400, 3, True), quantised(rng, 23, 3, False)
+    exclude = rng.integers(-1, 400, 23)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        scores, index = topk_search(torch.from_numpy(q), torch.from_numpy(g), k,
+                                    chunk_size=5, exclude=torch.from_numpy(exclude))
+    finally:
+        torch.set_num_threads(before)
+    want_s, want_i = brute_topk(q, g, k, exclude)
+    np.testing.assert_array_equal(index.numpy(), want_i)
+    np.testing.assert_array_equal(scores.numpy(), want_s.astype(np.float32))
