@@ -48,14 +48,9 @@ def _cpu_model() -> str:
 
 
 def _mem_total() -> int | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:  # pragma: no cover
-        pass
-    return None
+    from datamodules.cache_place import meminfo_bytes
+
+    return meminfo_bytes("MemTotal")
 
 
 def _cpu_flags() -> list[str]:

@@ -22,10 +22,15 @@ CACHE_MODES = ("auto", "device", "host", "none")
 
 def available_host_bytes() -> int | None:
     """MemAvailable from /proc/meminfo (None where there is none, e.g. macOS)."""
+    return meminfo_bytes("MemAvailable")
+
+
+def meminfo_bytes(field: str) -> int | None:
+    """A /proc/meminfo field in bytes (None where there is no such file or field)."""
     try:
         with open("/proc/meminfo") as f:
             for line in f:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         return None
