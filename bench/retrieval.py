@@ -39,16 +39,10 @@ from bench.common import (
     run_isolated,
     top_ops,
 )
+from bench.retrieval_floor import floor_row, ours_notes
 from bench.retrieval_refs import case_reference, case_torchmetrics, reference_notes
 
 GROUP = "retrieval"
-
-def _tile_note() -> str:
-    from lightning_app.rank_kernel import TILE_COLS, TILE_ROWS
-
-    return (f"lightning_app/rank_tiled.py: tiles of {TILE_ROWS} queries x {TILE_COLS} items "
-            "through oneDNN (lightning_app/cpu_gemm.py), row blocks shared out to the threads")
-
 
 DIM = 512
 CHUNK = 4096  # eval.chunk_size's default
@@ -181,37 +175,6 @@ def _rank_check(n: int, ours: dict, ref: dict) -> tuple[dict, dict]:
     return check(ok, detail), {"rank_agreement": agree, "r10": r10}
 
 
-def _ours_notes(ctx, res: dict) -> str:
-    n, t, mm = res["n"], res["time_s"], min(res["matmul_s"], res["time_s"])
-    gflops = 2 * n * n * DIM / mm / 1e9
-    peak = ctx.calibration["sgemm_gflops"]
-    return (f"score tiles {mm / t:.0%} of the time at {gflops:.0f} GFLOP/s (torch's matmul "
-            f"measured {peak:.0f} here); the rest, per tile one compiled pass counting each "
-            f"score against its row's and its column's float32 band (both directions) and "
-            f"listing the few items inside a band, {(t - mm) / (n * n) * 1e9:.2f} ns per score")
-
-
-def _floor_row(ctx, n: int, ours: dict, label: str) -> dict[str, Any]:
-    """Ours (both directions, metrics included) against its score tiles alone."""
-    over = ours["time_s"] / ours["matmul_s"]
-    sampled = ("" if ours["matmul_sampled_queries"] >= n else
-               f"; tile time from {ours['matmul_sampled_queries']} queries per direction, scaled")
-    return row(
-        GROUP, f"R@1/5/10, MdR, MnR, both directions, {label}, d={DIM} vs the matmul alone "
-        "(its score tiles, nothing else)", ours["time_s"], ours["matmul_s"], "s", RATIO_TIME,
-        f"ours takes {over:.2f}x the time of the products it needs (goal <= 1.3x, i.e. ratio >= "
-        f"0.77): the N x N score tiles, made once and counted for both directions "
-        f"({_tile_note()}){sampled}; the floor is the faster of two ways to make them alone, "
-        f"one OpenMP team per product ({ours['matmul_team_s']:.2f} s) or {ctx.threads} "
-        f"threads making their own (as ours, {ours['matmul_split_s']:.2f} s). For scale, "
-        f"torch's own "
-        f"matmul (MKL) on {CHUNK}-row blocks takes {ours['torch_matmul_s']:.2f} s for the same "
-        f"products ({ours['torch_matmul_s'] / ours['time_s']:.2f}x ours)",
-        check=check(over <= 1.3 or n < 20000, f"metrics at {over:.2f}x their matmul at N={n}"
-                    + (" (goal <= 1.3x at N >= 20k)" if n >= 20000 else " (no goal below 20k)")),
-        n=n, over_matmul=over)
-
-
 def run(ctx) -> dict[str, Any]:
     sizes = QUICK if ctx.quick else FULL
     rows, details = [], []
@@ -238,7 +201,7 @@ def run(ctx) -> dict[str, Any]:
             GROUP, f"R@1/5/10, MdR, MnR, both directions, {label}, d={DIM} "
             f"vs brute-force argsort{' (extrapolated)' if extrapolated else ''}",
             ours["time_s"], ref["time_s"], "s", RATIO_TIME,
-            f"ours: {_ours_notes(ctx, ours)}. reference: {reference_notes(ref)}",
+            f"ours: {ours_notes(ctx, ours)}. reference: {reference_notes(ref)}",
             check=rank_check, extrapolated=extrapolated, n=n,
             ours_times_s=ours["times_s"], metrics=ours["metrics"], **agreement))
         rows.append(row(
@@ -247,7 +210,7 @@ def run(ctx) -> dict[str, Any]:
             f"ours: {mem_note}. reference: scores 256 queries at a time, so it needs "
             f"little memory; it pays in sort time instead", n=n,
             exact=ours["memory"]["exact"] and ref["memory"]["exact"]))
-        rows.append(_floor_row(ctx, n, ours, label))
+        rows.append(floor_row(ctx, n, ours, label))
         if tm_dirs:
             log(f"retrieval N={n}: torchmetrics RetrievalHitRate(top_k=10), {'+'.join(tm_dirs)}")
             tm = run_isolated(ctx.threads, case_torchmetrics, n, tm_dirs,
