@@ -26,9 +26,6 @@ compiled loop (the same integer arithmetic and float64 truncation, so the same f
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
-
 import numba
 import numpy as np
 import torch
@@ -40,6 +37,7 @@ from datamodules.host_gather_llvm import (
     store_fence,
     stream_row,
 )
+from datamodules.thread_pool import shared_executor
 
 # Output values per thread below which splitting costs more than it saves (a thread hand-off
 # is some tens of microseconds; 32k output values take about that long).
@@ -55,7 +53,6 @@ STREAM_MIN_BYTES = 16 << 20
 DIRECT = frozenset(np.dtype(t) for t in ("uint8", "int8", "uint16", "int16", "int32",
                                           "float32", "float64"))
 
-_pool: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, workers, executor)
 _half_table: np.ndarray | None = None
 
 
@@ -236,23 +233,11 @@ def _run_split(kernel, args: tuple, n: int, dim: int) -> None:
         kernel(*args, 0, n)
         return
     bounds = [n * p // parts for p in range(parts + 1)]
-    pool = _executor(parts - 1)
+    pool = shared_executor(parts - 1)
     futures = [pool.submit(kernel, *args, bounds[p], bounds[p + 1]) for p in range(1, parts)]
     kernel(*args, bounds[0], bounds[1])  # this thread takes the first range
     for f in futures:
         f.result()
-
-
-def _executor(workers: int) -> ThreadPoolExecutor:
-    """The module's thread pool with at least `workers` threads (a new one after a fork: the
-    parent's threads do not exist in a child process)."""
-    global _pool
-    pid = os.getpid()
-    if _pool is None or _pool[0] != pid or _pool[1] < workers:
-        if _pool is not None and _pool[0] == pid:
-            _pool[2].shutdown(wait=False)
-        _pool = (pid, workers, ThreadPoolExecutor(workers, thread_name_prefix="host-gather"))
-    return _pool[2]
 
 
 def _float16_table() -> np.ndarray:

@@ -10,19 +10,15 @@ setting, threadpoolctl restores it), so torch elsewhere in the process keeps its
 
 from __future__ import annotations
 
-import os
-import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import torch
 
+from datamodules.thread_pool import shared_executor
+
 T = TypeVar("T")
 R = TypeVar("R")
-
-_pool: dict[str, object] = {"executor": None, "size": 0, "pid": None}
-_lock = threading.Lock()
 
 
 def run_split(fn: Callable[[list[T]], R], items: Sequence[T]) -> list[R]:
@@ -31,7 +27,7 @@ def run_split(fn: Callable[[list[T]], R], items: Sequence[T]) -> list[R]:
     workers = min(torch.get_num_threads(), len(items))
     if workers <= 1:
         return [fn(list(items))]
-    executor = _executor(workers)
+    executor = shared_executor(workers)
     futures = [executor.submit(_one_openmp_thread, fn, list(items[w::workers]))
                for w in range(workers)]
     return [f.result() for f in futures]
@@ -42,13 +38,3 @@ def _one_openmp_thread(fn: Callable[[list[T]], R], share: list[T]) -> R:
 
     with threadpool_limits(1, user_api="openmp"):
         return fn(share)
-
-
-def _executor(workers: int) -> ThreadPoolExecutor:
-    """One pool per process (re-made after a fork, whose child has no pool threads)."""
-    with _lock:
-        if (_pool["executor"] is None or _pool["size"] < workers
-                or _pool["pid"] != os.getpid()):
-            _pool.update(executor=ThreadPoolExecutor(workers, thread_name_prefix="vmr-cpu"),
-                         size=workers, pid=os.getpid())
-        return _pool["executor"]  # type: ignore[return-value]
