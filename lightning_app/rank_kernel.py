@@ -51,8 +51,7 @@ def _tiled(device: torch.device, num_gallery: int | None = None) -> bool:
 def ranks_from_pairs(query: torch.Tensor, gallery: torch.Tensor, rows: torch.Tensor,
                      cols: torch.Tensor, chunk_size: int) -> torch.Tensor:
     """Per-query ranks given positive (query, gallery) pairs sorted by query (CPU longs)."""
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    _check_chunk(chunk_size)
     device = query.device
     query = query.detach()  # tiles are read as NumPy views
     gal = gallery.detach().to(device).float().contiguous()
@@ -72,9 +71,7 @@ def paired_ranks_from_pairs(videos: torch.Tensor, music: torch.Tensor, rows: tor
     On the CPU each score tile is made once and counted both ways; elsewhere the two
     directions run one after the other.
     """
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    assert TILE_ROWS < 2**15, "column counts of a tile are int16"
+    _check_chunk(chunk_size)
     # The same pairs as (music, video), sorted by music.
     back = torch.from_numpy(np.lexsort((rows.numpy(), cols.numpy())))
     if not _tiled(videos.device):
@@ -87,8 +84,13 @@ def paired_ranks_from_pairs(videos: torch.Tensor, music: torch.Tensor, rows: tor
     return tiled_paired_ranks(vid, mus, rows, cols, back, chunk_size)
 
 
+def _check_chunk(chunk_size: int) -> None:
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+
+
 def dense_loop(query: torch.Tensor, gal: torch.Tensor, rows: torch.Tensor,
-                cols: torch.Tensor, chunk_size: int) -> torch.Tensor:
+               cols: torch.Tensor, chunk_size: int) -> torch.Tensor:
     """`_dense_ranks` over `chunk_size` queries at a time (pairs sorted by query)."""
     device = query.device
     num_queries = query.shape[0]

@@ -158,6 +158,7 @@ def _count_tiles(query: torch.Tensor, gal: torch.Tensor, chunk_size: int, fwd: _
                  back: _Direction | None) -> tuple[list[_Counts], list[_Counts]]:
     """Every (row block, column tile) product once, counted for `fwd` along its rows and,
     when given, for `back` along its columns; one `_Counts` per thread and direction."""
+    assert _kernel.TILE_ROWS < 2**15, "a tile's column counts are int16"
     step = min(chunk_size, _kernel.TILE_ROWS)
     blocks = list(range(0, query.shape[0], step))
 
